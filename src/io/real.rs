@@ -1,0 +1,125 @@
+//! The real disk: `std::fs` files with real fsync and directory fsync.
+
+use super::{Disk, DiskFile, OpenMode};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Files on the machine's filesystem.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealDisk;
+
+#[derive(Debug)]
+struct RealFile {
+    file: File,
+    /// Cached length: appends are the only writes, so the end is known
+    /// without a metadata call per append.
+    len: u64,
+}
+
+impl Disk for RealDisk {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Box<dyn DiskFile>> {
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true);
+        match mode {
+            OpenMode::Existing => {}
+            OpenMode::CreateNew => {
+                opts.create_new(true);
+            }
+            OpenMode::CreateTruncate => {
+                opts.create(true).truncate(true);
+            }
+        }
+        let file = opts.open(path).map_err(|e| with_path(e, "open", path))?;
+        let len = file.metadata()?.len();
+        Ok(Box::new(RealFile { file, len }))
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path).map_err(|e| with_path(e, "create directory", path))
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(|e| with_path(e, "list", path))? {
+            let entry = entry?;
+            match entry.file_name().into_string() {
+                Ok(name) => names.push(name),
+                // A name that is not UTF-8 is not one of ours; skip it.
+                Err(_) => continue,
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to).map_err(|e| with_path(e, "rename", from))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path).map_err(|e| with_path(e, "remove", path))
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(path).map_err(|e| with_path(e, "remove directory", path))
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        // On Linux a directory opens read-only like a file, and fsync on it
+        // makes its entries durable.
+        let dir = File::open(path).map_err(|e| with_path(e, "open directory", path))?;
+        dir.sync_all()
+            .map_err(|e| with_path(e, "fsync directory", path))
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
+
+impl DiskFile for RealFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        loop {
+            match self.file.read_at(buf, pos) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        // Positional write at the cached end: no shared file cursor to race on.
+        self.file.write_all_at(data, self.len)?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        // sync_data persists the data and the size (the metadata needed to
+        // read it back), which is all the log needs.
+        self.file.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.len = len;
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.len)
+    }
+}
+
+impl Drop for RealFile {
+    fn drop(&mut self) {
+        // Nothing buffered in user space: appends go straight to the kernel.
+        let _ = self.file.flush();
+    }
+}
+
+fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}

@@ -9,6 +9,7 @@
 //! - [`storage`]: segments, indexes, the partition log, hard state.
 
 pub mod io;
+pub mod storage;
 pub mod types;
 
 /// Weir's wire schemas, generated from `proto/weir.proto`.

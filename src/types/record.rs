@@ -124,7 +124,10 @@ impl ControlType {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecordError {
     /// Fewer bytes than the header or `batchLength` require.
-    Truncated { needed_bytes: usize, have_bytes: usize },
+    Truncated {
+        needed_bytes: usize,
+        have_bytes: usize,
+    },
     /// `batchLength` too small for a header, or larger than allowed.
     BadLength { batch_length: i64, max_bytes: usize },
     /// A magic byte other than 2.
@@ -140,11 +143,17 @@ pub enum RecordError {
 impl fmt::Display for RecordError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RecordError::Truncated { needed_bytes, have_bytes } => write!(
+            RecordError::Truncated {
+                needed_bytes,
+                have_bytes,
+            } => write!(
                 f,
                 "record batch truncated: needs {needed_bytes} bytes, only {have_bytes} present"
             ),
-            RecordError::BadLength { batch_length, max_bytes } => write!(
+            RecordError::BadLength {
+                batch_length,
+                max_bytes,
+            } => write!(
                 f,
                 "record batch length {batch_length} is outside the allowed range \
                  ({} to {max_bytes} bytes)",
@@ -404,7 +413,9 @@ impl RecordBatch {
             .and_then(|r| r.event.key.as_ref())
             .ok_or_else(|| RecordError::Malformed("control batch without a keyed record".into()))?;
         if key.len() < 4 {
-            return Err(RecordError::Malformed("control record key shorter than 4 bytes".into()));
+            return Err(RecordError::Malformed(
+                "control record key shorter than 4 bytes".into(),
+            ));
         }
         let code = i16::from_be_bytes([key[2], key[3]]);
         Ok(ControlType::from_code(code))
@@ -509,7 +520,10 @@ fn decode_record(
     let value = c.bytes("value")?;
     let headers = decode_headers(&mut c)?;
     if c.pos != c.end {
-        return Err(format!("{} stray bytes at the end of the record", c.end - c.pos));
+        return Err(format!(
+            "{} stray bytes at the end of the record",
+            c.end - c.pos
+        ));
     }
     let event = Event {
         key,
@@ -761,9 +775,10 @@ mod tests {
         let records = parsed.records().unwrap();
         let h = parsed.header();
         records.len() == events.0.len()
-            && records.iter().enumerate().all(|(i, r)| {
-                r.offset == base_offset as i64 + i as i64 && r.event == events.0[i]
-            })
+            && records
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r.offset == base_offset as i64 + i as i64 && r.event == events.0[i])
             && h.base_offset == base_offset as i64
             && h.partition_leader_epoch == epoch as i32
             && h.next_offset() == base_offset as i64 + events.0.len() as i64
@@ -895,7 +910,10 @@ mod tests {
         let c = BatchBuilder::control(ControlType::RaftConfChange, Bytes::from_static(b"cc"), 5);
         assert!(c.is_control());
         assert_eq!(c.control_type().unwrap(), Some(ControlType::RaftConfChange));
-        assert_eq!(c.records().unwrap()[0].event.value.as_deref(), Some(&b"cc"[..]));
+        assert_eq!(
+            c.records().unwrap()[0].event.value.as_deref(),
+            Some(&b"cc"[..])
+        );
         let data = build(&[Event::default()]);
         assert_eq!(data.control_type().unwrap(), None);
     }

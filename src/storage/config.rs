@@ -1,0 +1,63 @@
+//! Per-partition log settings, named as Kafka's topic configs are.
+
+/// Settings of one partition log. Changing them takes effect on the next
+/// append or retention pass, without reopening the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll to a new segment when the active one would grow
+    /// past this.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll when the active segment's first append is older.
+    pub segment_ms: i64,
+    /// `retention.ms`: delete a segment once its newest record is older;
+    /// negative means keep forever.
+    pub retention_ms: i64,
+    /// `retention.bytes`: delete the oldest segments while the log is larger;
+    /// negative means no limit.
+    pub retention_bytes: i64,
+    /// `index.interval.bytes`: bytes between sparse index entries.
+    pub index_interval_bytes: u64,
+    /// `max.message.bytes`: the largest batch accepted.
+    pub max_batch_bytes: usize,
+}
+
+/// Segments must stay addressable by the index's 32-bit positions.
+pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 128 * 1024 * 1024,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            index_interval_bytes: 4096,
+            max_batch_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the settings; the error says which one is wrong and why.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.segment_bytes < 1024 || self.segment_bytes > SEGMENT_BYTES_MAX {
+            return Err(format!(
+                "segment.bytes {} must be between 1024 and {SEGMENT_BYTES_MAX}",
+                self.segment_bytes
+            ));
+        }
+        if self.segment_ms < 1 {
+            return Err(format!("segment.ms {} must be positive", self.segment_ms));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err("index.interval.bytes must be positive".into());
+        }
+        if self.max_batch_bytes < 128 || self.max_batch_bytes as u64 > self.segment_bytes {
+            return Err(format!(
+                "max.message.bytes {} must be between 128 and segment.bytes ({})",
+                self.max_batch_bytes, self.segment_bytes
+            ));
+        }
+        Ok(())
+    }
+}

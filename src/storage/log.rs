@@ -1,0 +1,721 @@
+//! The partition log: an ordered list of segments, the last one active.
+//!
+//! Appends go to the active segment and become durable at the next
+//! [`PartitionLog::sync`]; the replication layer calls `sync` once per round
+//! for every log it appended to (group commit) and acknowledges nothing
+//! before it returns. Each appended batch is one Raft entry: the log assigns
+//! it the next offset and the next Raft index, and stamps the offset and the
+//! term into the batch header.
+//!
+//! The start of the log (after retention) is kept in the atomic `log_start`
+//! file: its first offset and Raft index and the term of the entry before it,
+//! which Raft needs to check the first entry's predecessor.
+
+use super::config::LogConfig;
+use super::index::TermRun;
+use super::segment::{self, push_term, terms_within, Located, Segment, Target};
+use super::{atomic, io_err, Result, StorageError};
+use crate::io::DiskRef;
+use crate::types::{RecordBatch, RecordError};
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+
+const START_FILE: &str = "log_start";
+
+/// Where an appended batch landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: i64,
+    pub index: u64,
+}
+
+/// Whole batches read from the log, as stored (for a fetch response).
+#[derive(Clone, Debug, Default)]
+pub struct FetchedBatches {
+    pub bytes: Bytes,
+    pub batches: usize,
+}
+
+/// What a retention pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+}
+
+/// The first entry of the log and the term of the one before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LogStart {
+    offset: i64,
+    index: u64,
+    prev_term: u64,
+}
+
+impl Default for LogStart {
+    fn default() -> Self {
+        // Raft's first index is 1; offsets start at 0.
+        LogStart {
+            offset: 0,
+            index: 1,
+            prev_term: 0,
+        }
+    }
+}
+
+/// One partition replica's log.
+#[derive(Debug)]
+pub struct PartitionLog {
+    disk: DiskRef,
+    dir: PathBuf,
+    config: LogConfig,
+    /// Ordered by base offset (and so by base index); never empty; the last
+    /// is the active segment.
+    segments: Vec<Segment>,
+    /// Term runs of every entry in the log, oldest first.
+    terms: Vec<TermRun>,
+    start: LogStart,
+    /// When the active segment got its first batch (caller's clock).
+    active_since_ms: i64,
+    unsynced: bool,
+    poisoned: Option<String>,
+    torn_bytes_recovered: u64,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering from a crash: sealed
+    /// segments load from their index files, the active one is scanned with
+    /// CRC checks and a torn tail cut off.
+    pub fn open(disk: DiskRef, dir: &Path, config: LogConfig, now_ms: i64) -> Result<Self> {
+        config.validate().map_err(StorageError::Invalid)?;
+        ensure_dir(&disk, dir)?;
+        let start = load_start(disk.as_ref(), dir)?;
+        let bases = list_segments(&disk, dir, start)?;
+        let mut log = PartitionLog {
+            disk,
+            dir: dir.to_path_buf(),
+            config,
+            segments: Vec::new(),
+            terms: Vec::new(),
+            start,
+            active_since_ms: now_ms,
+            unsynced: false,
+            poisoned: None,
+            torn_bytes_recovered: 0,
+        };
+        log.open_segments(&bases)?;
+        log.check_invariants();
+        Ok(log)
+    }
+
+    fn open_segments(&mut self, bases: &[i64]) -> Result<()> {
+        let disk = self.disk.clone();
+        let max = self.config.max_batch_bytes;
+        let (mut next_offset, mut next_index) = (self.start.offset, self.start.index);
+        for (i, &base) in bases.iter().enumerate() {
+            if base != next_offset {
+                return Err(StorageError::Corrupt {
+                    path: self.dir.join(segment::log_name(base)),
+                    position: 0,
+                    reason: format!("segment starts at offset {base}, expected {next_offset}: a segment is missing"),
+                });
+            }
+            let seg = if i + 1 < bases.len() {
+                Segment::open_sealed(
+                    disk.as_ref(),
+                    &self.dir,
+                    base,
+                    next_index,
+                    max,
+                    &mut self.terms,
+                )?
+            } else {
+                let (seg, torn) = Segment::open_active(
+                    disk.as_ref(),
+                    &self.dir,
+                    base,
+                    next_index,
+                    max,
+                    &mut self.terms,
+                )?;
+                self.torn_bytes_recovered = torn.unwrap_or(0);
+                seg
+            };
+            next_offset = seg.next_offset;
+            next_index = seg.next_index;
+            self.segments.push(seg);
+        }
+        if self.segments.is_empty() {
+            let seg = Segment::create(disk.as_ref(), &self.dir, next_offset, next_index)?;
+            sync_dir(disk.as_ref(), &self.dir)?;
+            self.segments.push(seg);
+        }
+        Ok(())
+    }
+
+    /// Bytes of torn tail cut off when the log was opened.
+    pub fn torn_bytes_recovered(&self) -> u64 {
+        self.torn_bytes_recovered
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Replaces the settings; they apply from the next append or retention
+    /// pass.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<()> {
+        config.validate().map_err(StorageError::Invalid)?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// The first offset still in the log.
+    pub fn log_start_offset(&self) -> i64 {
+        self.start.offset
+    }
+
+    /// The offset the next record will get (the log end offset).
+    pub fn next_offset(&self) -> i64 {
+        self.active().next_offset
+    }
+
+    /// The first Raft index still in the log.
+    pub fn first_index(&self) -> u64 {
+        self.start.index
+    }
+
+    /// The last Raft index in the log (`first_index - 1` if empty).
+    pub fn last_index(&self) -> u64 {
+        self.active().next_index - 1
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size_bytes).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The term of entry `index`: known for entries in the log and for the
+    /// one just before its start; `None` otherwise.
+    pub fn term(&self, index: u64) -> Option<u64> {
+        if index + 1 == self.start.index {
+            return Some(self.start.prev_term);
+        }
+        if index < self.start.index || index > self.last_index() {
+            return None;
+        }
+        let i = self.terms.partition_point(|t| t.first_index <= index);
+        Some(self.terms[i - 1].term)
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(cause) => Err(StorageError::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the log failed and returns the error that did it.
+    fn poison(&mut self, e: StorageError) -> StorageError {
+        self.poisoned = Some(e.to_string());
+        e
+    }
+
+    /// Appends `batch` as Raft entry `index` of `term`. The batch is stamped
+    /// with its base offset and term. Not durable until [`Self::sync`].
+    pub fn append(
+        &mut self,
+        batch: RecordBatch,
+        term: u64,
+        index: u64,
+        now_ms: i64,
+    ) -> Result<Appended> {
+        self.check_usable()?;
+        self.check_append(&batch, term, index)?;
+        if self.should_roll(batch.size_bytes(), now_ms) {
+            self.roll().map_err(|e| self.poison(e))?;
+        }
+        let base_offset = self.next_offset();
+        let stamped = batch.stamp(base_offset, term as i32);
+        let header = stamped.header();
+        let interval = self.config.index_interval_bytes;
+        let active = self.segments.last_mut().expect("active segment");
+        if active.is_empty() {
+            self.active_since_ms = now_ms;
+        }
+        if let Err(e) = active.append(stamped.as_bytes(), &header, interval) {
+            let path = active.path.display().to_string();
+            return Err(self.poison(StorageError::Io {
+                context: format!("append to {path}"),
+                source: e,
+            }));
+        }
+        push_term(&mut self.terms, index, term);
+        self.unsynced = true;
+        Ok(Appended { base_offset, index })
+    }
+
+    fn check_append(&self, batch: &RecordBatch, term: u64, index: u64) -> Result<()> {
+        if index != self.last_index() + 1 {
+            return Err(StorageError::Invalid(format!(
+                "append of entry {index} to a log whose last entry is {}",
+                self.last_index()
+            )));
+        }
+        let last_term = self.term(self.last_index()).unwrap_or(0);
+        if term < last_term || term == 0 || term > i32::MAX as u64 {
+            return Err(StorageError::Invalid(format!(
+                "append in term {term} after term {last_term}"
+            )));
+        }
+        if batch.size_bytes() > self.config.max_batch_bytes {
+            return Err(StorageError::Record(RecordError::BadLength {
+                batch_length: batch.size_bytes() as i64,
+                max_bytes: self.config.max_batch_bytes,
+            }));
+        }
+        Ok(())
+    }
+
+    fn should_roll(&self, batch_bytes: usize, now_ms: i64) -> bool {
+        let active = self.active();
+        !active.is_empty()
+            && (active.size_bytes + batch_bytes as u64 > self.config.segment_bytes
+                || now_ms.saturating_sub(self.active_since_ms) >= self.config.segment_ms)
+    }
+
+    /// Seals the active segment and starts a new one. The new file's
+    /// directory entry is synced before anything is written to it.
+    fn roll(&mut self) -> Result<()> {
+        let disk = self.disk.clone();
+        let active = self.active();
+        let terms = terms_within(&self.terms, active.base_index, active.next_index);
+        active.seal(disk.as_ref(), &self.dir, &terms)?;
+        let seg = Segment::create(
+            disk.as_ref(),
+            &self.dir,
+            active.next_offset,
+            active.next_index,
+        )?;
+        sync_dir(disk.as_ref(), &self.dir)?;
+        self.segments.push(seg);
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Makes every append so far durable. After an error the log is
+    /// poisoned: the failed fsync may have dropped the data.
+    pub fn sync(&mut self) -> Result<()> {
+        self.check_usable()?;
+        if !self.unsynced {
+            return Ok(());
+        }
+        if let Err(e) = self.active().sync() {
+            let path = self.active().path.display().to_string();
+            return Err(self.poison(StorageError::Io {
+                context: format!("fsync {path}"),
+                source: e,
+            }));
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Removes entries `from_index` and after (Raft conflict resolution).
+    /// Durable when it returns.
+    pub fn truncate_suffix(&mut self, from_index: u64) -> Result<()> {
+        self.check_usable()?;
+        if from_index > self.last_index() {
+            return Ok(());
+        }
+        if from_index < self.start.index {
+            return Err(StorageError::Invalid(format!(
+                "cannot truncate from entry {from_index}: the log starts at {}",
+                self.start.index
+            )));
+        }
+        self.truncate_inner(from_index)
+            .map_err(|e| self.poison(e))?;
+        self.check_invariants();
+        Ok(())
+    }
+
+    fn truncate_inner(&mut self, from_index: u64) -> Result<()> {
+        let disk = self.disk.clone();
+        let keep = self
+            .segments
+            .partition_point(|s| s.base_index <= from_index);
+        for seg in self.segments.drain(keep..) {
+            remove_segment_files(disk.as_ref(), &self.dir, seg.base_offset)?;
+        }
+        let seg = self
+            .segments
+            .last_mut()
+            .expect("the segment holding from_index");
+        // The segment becomes the active one again: its index file is stale.
+        let index_path = self.dir.join(segment::index_name(seg.base_offset));
+        if disk.exists(&index_path) {
+            disk.remove_file(&index_path)
+                .map_err(io_err(format!("remove {}", index_path.display())))?;
+        }
+        sync_dir(disk.as_ref(), &self.dir)?;
+        let max = self.config.max_batch_bytes;
+        let at = seg.locate(Target::Index(from_index), max)?.ok_or_else(|| {
+            StorageError::Invalid(format!(
+                "entry {from_index} not found in {}",
+                seg.path.display()
+            ))
+        })?;
+        seg.truncate_to(&at, max, &mut self.terms)?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Reads whole batches holding offsets from `from_offset` up to
+    /// `max_offset` (exclusive; the high watermark for consumers), at most
+    /// `max_bytes` but always at least one batch if any is readable. The
+    /// first batch may begin before `from_offset`, as in Kafka.
+    pub fn read(
+        &self,
+        from_offset: i64,
+        max_bytes: usize,
+        max_offset: i64,
+    ) -> Result<FetchedBatches> {
+        self.check_range(from_offset)?;
+        if from_offset >= max_offset.min(self.next_offset()) {
+            return Ok(FetchedBatches::default());
+        }
+        let max = self.config.max_batch_bytes;
+        let i = self
+            .segments
+            .partition_point(|s| s.base_offset <= from_offset)
+            - 1;
+        for seg in &self.segments[i..] {
+            let Some(at) = seg.locate(Target::Offset(from_offset), max)? else {
+                continue;
+            };
+            let (bytes, batches) =
+                seg.read_batches(at.position, max_bytes, max_offset, u64::MAX, at.index, max)?;
+            return Ok(FetchedBatches { bytes, batches });
+        }
+        Ok(FetchedBatches::default())
+    }
+
+    fn check_range(&self, offset: i64) -> Result<()> {
+        if offset < self.start.offset || offset > self.next_offset() {
+            return Err(StorageError::OutOfRange {
+                requested: offset,
+                start: self.start.offset,
+                end: self.next_offset(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Raft entries `[low, high)` as batches with their indexes: at most
+    /// `max_bytes`, but at least one entry. Each batch's CRC is checked, so
+    /// damage on disk is never replicated.
+    pub fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, RecordBatch)>> {
+        if low < self.start.index || high > self.last_index() + 1 || low > high {
+            return Err(StorageError::Invalid(format!(
+                "entries {low}..{high} outside the log's {}..={}",
+                self.start.index,
+                self.last_index()
+            )));
+        }
+        let mut out = Vec::new();
+        let mut next = low;
+        let mut budget = max_bytes;
+        let i = self
+            .segments
+            .partition_point(|s| s.base_index <= low)
+            .saturating_sub(1);
+        for seg in &self.segments[i..] {
+            if next >= high || (budget == 0 && !out.is_empty()) {
+                break;
+            }
+            let Some(at) = seg.locate(Target::Index(next), self.config.max_batch_bytes)? else {
+                continue;
+            };
+            let limit = if out.is_empty() {
+                budget
+            } else {
+                budget.max(1)
+            };
+            let (bytes, count) = seg.read_batches(
+                at.position,
+                limit,
+                i64::MAX,
+                high,
+                at.index,
+                self.config.max_batch_bytes,
+            )?;
+            if !out.is_empty() && bytes.len() > budget {
+                break;
+            }
+            budget = budget.saturating_sub(bytes.len());
+            self.split_batches(seg, at.position, bytes, count, &mut next, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn split_batches(
+        &self,
+        seg: &Segment,
+        position: u64,
+        bytes: Bytes,
+        count: usize,
+        next: &mut u64,
+        out: &mut Vec<(u64, RecordBatch)>,
+    ) -> Result<()> {
+        let mut at = 0usize;
+        for _ in 0..count {
+            let h = crate::types::BatchHeader::parse(&bytes[at..], self.config.max_batch_bytes)?;
+            let slice = bytes.slice(at..at + h.size_bytes());
+            let batch = RecordBatch::parse(slice, self.config.max_batch_bytes).map_err(|e| {
+                StorageError::Corrupt {
+                    path: seg.path.clone(),
+                    position: position + at as u64,
+                    reason: e.to_string(),
+                }
+            })?;
+            out.push((*next, batch));
+            *next += 1;
+            at += h.size_bytes();
+        }
+        Ok(())
+    }
+
+    /// The offset of the first record whose timestamp is at least `ts_ms`,
+    /// or `None` if every record is older (Kafka's ListOffsets by time).
+    pub fn offset_for_timestamp(&self, ts_ms: i64) -> Result<Option<i64>> {
+        let max = self.config.max_batch_bytes;
+        for seg in self.segments.iter().filter(|s| s.max_timestamp >= ts_ms) {
+            let Some(Located {
+                position, index, ..
+            }) = seg.locate(Target::Timestamp(ts_ms), max)?
+            else {
+                continue;
+            };
+            let (bytes, _) = seg.read_batches(position, 1, i64::MAX, index + 1, index, max)?;
+            let batch = RecordBatch::parse(bytes, max)?;
+            let hit = batch
+                .records()?
+                .into_iter()
+                .find(|r| r.event.timestamp_ms >= ts_ms);
+            if let Some(r) = hit {
+                return Ok(Some(r.offset.max(self.start.offset)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole sealed segments that retention allows, oldest first,
+    /// never any holding offsets at or past `deletable_below` (the commit
+    /// point: Raft may still need uncommitted entries).
+    pub fn apply_retention(
+        &mut self,
+        now_ms: i64,
+        deletable_below: i64,
+    ) -> Result<RetentionOutcome> {
+        self.check_usable()?;
+        let n = self.deletable_segments(now_ms, deletable_below);
+        if n == 0 {
+            return Ok(RetentionOutcome::default());
+        }
+        self.delete_prefix(n).map_err(|e| self.poison(e))
+    }
+
+    fn deletable_segments(&self, now_ms: i64, deletable_below: i64) -> usize {
+        let c = &self.config;
+        let mut excess = if c.retention_bytes >= 0 {
+            self.size_bytes() as i64 - c.retention_bytes
+        } else {
+            0
+        };
+        let sealed = &self.segments[..self.segments.len() - 1];
+        let mut n = 0;
+        for seg in sealed {
+            let expired =
+                c.retention_ms >= 0 && seg.max_timestamp < now_ms.saturating_sub(c.retention_ms);
+            let oversize = excess - seg.size_bytes as i64 >= 0 && c.retention_bytes >= 0;
+            if seg.next_offset > deletable_below || !(expired || oversize) {
+                break;
+            }
+            excess -= seg.size_bytes as i64;
+            n += 1;
+        }
+        n
+    }
+
+    /// Moves the log start past the first `n` segments: the new start is
+    /// made durable first, so a crash leaves at worst files below the start,
+    /// which the next open removes.
+    fn delete_prefix(&mut self, n: usize) -> Result<RetentionOutcome> {
+        let first_kept = &self.segments[n];
+        let start = LogStart {
+            offset: first_kept.base_offset,
+            index: first_kept.base_index,
+            prev_term: self
+                .term(first_kept.base_index - 1)
+                .expect("term of a retained entry's predecessor"),
+        };
+        save_start(self.disk.as_ref(), &self.dir, start)?;
+        self.start = start;
+        let mut out = RetentionOutcome::default();
+        for seg in self.segments.drain(..n) {
+            remove_segment_files(self.disk.as_ref(), &self.dir, seg.base_offset)?;
+            out.segments_deleted += 1;
+            out.bytes_deleted += seg.size_bytes;
+        }
+        sync_dir(self.disk.as_ref(), &self.dir)?;
+        self.terms = terms_within(&self.terms, start.index, u64::MAX);
+        self.check_invariants();
+        Ok(out)
+    }
+
+    /// Invariants that hold between calls; checked after opening and after
+    /// every structural change.
+    fn check_invariants(&self) {
+        let first = &self.segments[0];
+        assert_eq!(first.base_offset, self.start.offset, "log start offset");
+        assert_eq!(first.base_index, self.start.index, "log start index");
+        for w in self.segments.windows(2) {
+            assert_eq!(
+                w[0].next_offset, w[1].base_offset,
+                "segments are contiguous in offsets"
+            );
+            assert_eq!(
+                w[0].next_index, w[1].base_index,
+                "segments are contiguous in indexes"
+            );
+        }
+        if self.last_index() >= self.start.index {
+            assert_eq!(
+                self.terms.first().map(|t| t.first_index),
+                Some(self.start.index),
+                "terms start at the log start"
+            );
+        }
+        assert!(self
+            .terms
+            .windows(2)
+            .all(|w| w[0].term < w[1].term && w[0].first_index < w[1].first_index));
+    }
+}
+
+fn ensure_dir(disk: &DiskRef, dir: &Path) -> Result<()> {
+    if disk.exists(dir) {
+        return Ok(());
+    }
+    disk.create_dir_all(dir)
+        .map_err(io_err(format!("create {}", dir.display())))?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(disk.as_ref(), parent)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(disk: &dyn crate::io::Disk, dir: &Path) -> Result<()> {
+    disk.sync_dir(dir)
+        .map_err(io_err(format!("fsync directory {}", dir.display())))
+}
+
+fn remove_segment_files(disk: &dyn crate::io::Disk, dir: &Path, base: i64) -> Result<()> {
+    let log = dir.join(segment::log_name(base));
+    disk.remove_file(&log)
+        .map_err(io_err(format!("remove {}", log.display())))?;
+    let index = dir.join(segment::index_name(base));
+    if disk.exists(&index) {
+        disk.remove_file(&index)
+            .map_err(io_err(format!("remove {}", index.display())))?;
+    }
+    Ok(())
+}
+
+/// Base offsets of the segments to open, oldest first. Files wholly below
+/// the log start (left by a retention pass a crash interrupted) and index
+/// files without a segment are removed.
+fn list_segments(disk: &DiskRef, dir: &Path, start: LogStart) -> Result<Vec<i64>> {
+    let names = disk
+        .list_dir(dir)
+        .map_err(io_err(format!("list {}", dir.display())))?;
+    let mut logs: Vec<i64> = names
+        .iter()
+        .filter_map(|n| segment::parse_name(n))
+        .filter(|&(_, is_log)| is_log)
+        .map(|(b, _)| b)
+        .collect();
+    logs.sort_unstable();
+    let first_kept = logs
+        .partition_point(|&b| b <= start.offset)
+        .saturating_sub(1);
+    let first_kept = if logs.get(first_kept).is_some_and(|&b| b < start.offset) {
+        first_kept + 1
+    } else {
+        first_kept
+    };
+    let mut removed = false;
+    for &b in &logs[..first_kept] {
+        remove_segment_files(disk.as_ref(), dir, b)?;
+        removed = true;
+    }
+    let kept = logs.split_off(first_kept);
+    for (b, _) in names
+        .iter()
+        .filter_map(|n| segment::parse_name(n))
+        .filter(|&(b, is_log)| !is_log && !kept.contains(&b))
+    {
+        let path = dir.join(segment::index_name(b));
+        disk.remove_file(&path)
+            .map_err(io_err(format!("remove {}", path.display())))?;
+        removed = true;
+    }
+    if removed {
+        sync_dir(disk.as_ref(), dir)?;
+    }
+    Ok(kept)
+}
+
+fn load_start(disk: &dyn crate::io::Disk, dir: &Path) -> Result<LogStart> {
+    let Some(body) = atomic::read(disk, dir, START_FILE)? else {
+        return Ok(LogStart::default());
+    };
+    if body.len() != 24 {
+        return Err(StorageError::Corrupt {
+            path: dir.join(START_FILE),
+            position: 0,
+            reason: format!("{} bytes, expected 24", body.len()),
+        });
+    }
+    let field = |i: usize| u64::from_be_bytes(body[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+    Ok(LogStart {
+        offset: field(0) as i64,
+        index: field(1),
+        prev_term: field(2),
+    })
+}
+
+fn save_start(disk: &dyn crate::io::Disk, dir: &Path, s: LogStart) -> Result<()> {
+    let mut body = Vec::with_capacity(24);
+    body.extend_from_slice(&(s.offset as u64).to_be_bytes());
+    body.extend_from_slice(&s.index.to_be_bytes());
+    body.extend_from_slice(&s.prev_term.to_be_bytes());
+    atomic::write(disk, dir, START_FILE, &body)
+}

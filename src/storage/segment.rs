@@ -1,0 +1,486 @@
+//! One segment: a file of consecutive batches named by its base offset, its
+//! sparse index in memory, and (once sealed) the index file beside it.
+
+use super::index::{floor_entry, IndexEntry, SegmentSummary, TermRun};
+use super::scan::{damage_is_torn_write, ScanError, Scanned, Scanner};
+use super::{atomic, io_err, Result, StorageError};
+use crate::io::{read_exact_at, Disk, DiskFile, OpenMode};
+use crate::types::BatchHeader;
+use bytes::{Bytes, BytesMut};
+use std::path::{Path, PathBuf};
+
+/// File name of the segment whose first offset is `base_offset`.
+pub fn log_name(base_offset: i64) -> String {
+    format!("{base_offset:020}.log")
+}
+
+/// File name of that segment's index.
+pub fn index_name(base_offset: i64) -> String {
+    format!("{base_offset:020}.index")
+}
+
+/// The base offset a segment or index file name stands for, and whether it
+/// is a segment (`.log`) file.
+pub fn parse_name(name: &str) -> Option<(i64, bool)> {
+    let (stem, ext) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let base = stem.parse().ok()?;
+    match ext {
+        "log" => Some((base, true)),
+        "index" => Some((base, false)),
+        _ => None,
+    }
+}
+
+/// A segment of the partition log: its file and its [`Extent`] (reachable
+/// directly through `Deref`).
+#[derive(Debug)]
+pub struct Segment {
+    pub path: PathBuf,
+    file: Box<dyn DiskFile>,
+    x: Extent,
+}
+
+/// What a segment holds: its first and next offset and index, size, newest
+/// timestamp and sparse index. Kept apart from the file so a scan of the file
+/// can update it.
+#[derive(Debug, Clone)]
+pub struct Extent {
+    pub base_offset: i64,
+    pub base_index: u64,
+    pub next_offset: i64,
+    pub next_index: u64,
+    pub size_bytes: u64,
+    /// Newest batch timestamp in the segment (`i64::MIN` if empty).
+    pub max_timestamp: i64,
+    entries: Vec<IndexEntry>,
+    bytes_since_entry: u64,
+}
+
+impl std::ops::Deref for Segment {
+    type Target = Extent;
+    fn deref(&self) -> &Extent {
+        &self.x
+    }
+}
+
+impl Extent {
+    fn empty(base_offset: i64, base_index: u64) -> Self {
+        Extent {
+            base_offset,
+            base_index,
+            next_offset: base_offset,
+            next_index: base_index,
+            size_bytes: 0,
+            max_timestamp: i64::MIN,
+            entries: Vec::new(),
+            bytes_since_entry: 0,
+        }
+    }
+
+    /// Updates the extent and sparse index for a batch just written at the
+    /// end of the file.
+    fn note_append(&mut self, header: &BatchHeader, interval: u64) {
+        if self.entries.is_empty() || self.bytes_since_entry >= interval {
+            self.entries.push(IndexEntry {
+                offset_delta: (self.next_offset - self.base_offset) as u32,
+                index_delta: (self.next_index - self.base_index) as u32,
+                position: self.size_bytes as u32,
+                timestamp_before: self.max_timestamp,
+            });
+            self.bytes_since_entry = 0;
+        }
+        let size = header.size_bytes() as u64;
+        self.size_bytes += size;
+        self.bytes_since_entry += size;
+        self.next_offset = header.next_offset();
+        self.next_index += 1;
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+    }
+
+    /// Rebuilds the extent by scanning `[0, end)` of `file` with CRC checks.
+    /// On damage returns its position and reason, with the extent covering
+    /// the valid prefix.
+    fn rebuild(
+        &mut self,
+        file: &dyn DiskFile,
+        end: u64,
+        max_batch_bytes: usize,
+        terms: &mut Vec<TermRun>,
+    ) -> Result<(), (u64, String)> {
+        *self = Extent::empty(self.base_offset, self.base_index);
+        // The interval does not matter for correctness; rebuilt segments get
+        // the default spacing.
+        let interval = super::LogConfig::default().index_interval_bytes;
+        let mut scanner = Scanner::new(file, 0, end, true, max_batch_bytes);
+        // Bounded by the batches in [0, end).
+        loop {
+            match scanner.next_batch() {
+                Ok(None) => return Ok(()),
+                Ok(Some(Scanned { position, header })) => {
+                    if header.base_offset != self.next_offset {
+                        return Err((
+                            position,
+                            format!(
+                                "batch has base offset {}, expected {}",
+                                header.base_offset, self.next_offset
+                            ),
+                        ));
+                    }
+                    if header.partition_leader_epoch < 1 {
+                        return Err((position, "batch has no term".into()));
+                    }
+                    push_term(terms, self.next_index, header.partition_leader_epoch as u64);
+                    self.note_append(&header, interval);
+                }
+                Err(ScanError::Io(e)) => {
+                    return Err((self.size_bytes, format!("read failed: {e}")))
+                }
+                Err(ScanError::Damaged { position, reason }) => return Err((position, reason)),
+            }
+        }
+    }
+}
+
+/// How the caller wants a batch found.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// The batch holding this offset.
+    Offset(i64),
+    /// The batch that is this Raft entry.
+    Index(u64),
+    /// The first batch whose newest timestamp is at least this.
+    Timestamp(i64),
+}
+
+/// A batch located in a segment.
+#[derive(Clone, Copy, Debug)]
+pub struct Located {
+    pub position: u64,
+    pub index: u64,
+    pub header: BatchHeader,
+}
+
+impl Segment {
+    /// Creates an empty segment file. The caller syncs the directory.
+    pub fn create(disk: &dyn Disk, dir: &Path, base_offset: i64, base_index: u64) -> Result<Self> {
+        let path = dir.join(log_name(base_offset));
+        let file = disk
+            .open(&path, OpenMode::CreateNew)
+            .map_err(io_err(format!("create segment {}", path.display())))?;
+        Ok(Segment {
+            path,
+            file,
+            x: Extent::empty(base_offset, base_index),
+        })
+    }
+
+    /// Opens a sealed segment from its index file, or by scanning it (with
+    /// CRC checks) if the index file is missing or does not match. Any damage
+    /// in a sealed segment is corruption: it was synced before it was sealed.
+    pub fn open_sealed(
+        disk: &dyn Disk,
+        dir: &Path,
+        base_offset: i64,
+        base_index: u64,
+        max_batch_bytes: usize,
+        terms: &mut Vec<TermRun>,
+    ) -> Result<Self> {
+        let mut seg = Self::open_file(disk, dir, base_offset, base_index)?;
+        let file_len = seg
+            .file
+            .len()
+            .map_err(io_err(format!("stat {}", seg.path.display())))?;
+        if let Some(summary) = read_summary(disk, dir, base_offset) {
+            if summary.size_bytes == file_len && summary.base_index == base_index {
+                seg.adopt(summary, terms);
+                return Ok(seg);
+            }
+        }
+        match seg.rebuild(file_len, max_batch_bytes, terms) {
+            Ok(()) => Ok(seg),
+            Err((position, reason)) => Err(seg.corrupt(position, reason)),
+        }
+    }
+
+    /// Opens the active (last) segment, validating every batch. A torn write
+    /// at the end is cut off; damage that is not a torn write is an error.
+    pub fn open_active(
+        disk: &dyn Disk,
+        dir: &Path,
+        base_offset: i64,
+        base_index: u64,
+        max_batch_bytes: usize,
+        terms: &mut Vec<TermRun>,
+    ) -> Result<(Self, Option<u64>)> {
+        let mut seg = Self::open_file(disk, dir, base_offset, base_index)?;
+        let file_len = seg
+            .file
+            .len()
+            .map_err(io_err(format!("stat {}", seg.path.display())))?;
+        let terms_before = terms.len();
+        let Err((position, reason)) = seg.rebuild(file_len, max_batch_bytes, terms) else {
+            return Ok((seg, None));
+        };
+        let torn = damage_is_torn_write(seg.file.as_ref(), position, file_len, max_batch_bytes)
+            .map_err(io_err(format!("read {}", seg.path.display())))?;
+        if !torn {
+            return Err(seg.corrupt(position, reason));
+        }
+        // Everything from the damage on was never synced: cut it off and
+        // make the cut durable before anything is appended after it.
+        seg.file
+            .truncate(position)
+            .and_then(|()| seg.file.sync())
+            .map_err(io_err(format!(
+                "truncate torn tail of {}",
+                seg.path.display()
+            )))?;
+        terms.truncate(terms_before);
+        seg.rebuild(position, max_batch_bytes, terms)
+            .map_err(|(p, r)| seg.corrupt(p, r))?;
+        Ok((seg, Some(file_len - position)))
+    }
+
+    fn open_file(disk: &dyn Disk, dir: &Path, base_offset: i64, base_index: u64) -> Result<Self> {
+        let path = dir.join(log_name(base_offset));
+        let file = disk
+            .open(&path, OpenMode::Existing)
+            .map_err(io_err(format!("open segment {}", path.display())))?;
+        Ok(Segment {
+            path,
+            file,
+            x: Extent::empty(base_offset, base_index),
+        })
+    }
+
+    fn adopt(&mut self, s: SegmentSummary, terms: &mut Vec<TermRun>) {
+        let x = &mut self.x;
+        x.next_offset = s.next_offset;
+        x.next_index = s.next_index;
+        x.size_bytes = s.size_bytes;
+        x.max_timestamp = s.max_timestamp;
+        x.entries = s.entries;
+        for run in s.terms {
+            push_term(terms, run.first_index, run.term);
+        }
+    }
+
+    fn rebuild(
+        &mut self,
+        end: u64,
+        max_batch_bytes: usize,
+        terms: &mut Vec<TermRun>,
+    ) -> Result<(), (u64, String)> {
+        self.x
+            .rebuild(self.file.as_ref(), end, max_batch_bytes, terms)
+    }
+
+    fn corrupt(&self, position: u64, reason: String) -> StorageError {
+        StorageError::Corrupt {
+            path: self.path.clone(),
+            position,
+            reason,
+        }
+    }
+
+    /// Appends one stamped batch (not yet synced).
+    pub fn append(
+        &mut self,
+        bytes: &[u8],
+        header: &BatchHeader,
+        interval: u64,
+    ) -> std::io::Result<()> {
+        debug_assert_eq!(header.base_offset, self.next_offset);
+        debug_assert_eq!(header.size_bytes(), bytes.len());
+        self.file.append(bytes)?;
+        self.x.note_append(header, interval);
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size_bytes == 0
+    }
+
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync()
+    }
+
+    /// Syncs the segment and writes its index file: from now on it is never
+    /// written again. `terms` are the runs covering this segment's entries.
+    pub fn seal(&self, disk: &dyn Disk, dir: &Path, terms: &[TermRun]) -> Result<()> {
+        self.file
+            .sync()
+            .map_err(io_err(format!("fsync {}", self.path.display())))?;
+        let summary = SegmentSummary {
+            base_offset: self.base_offset,
+            base_index: self.base_index,
+            next_offset: self.next_offset,
+            next_index: self.next_index,
+            size_bytes: self.size_bytes,
+            max_timestamp: self.max_timestamp,
+            terms: terms_within(terms, self.base_index, self.next_index),
+            entries: self.entries.clone(),
+        };
+        atomic::write(disk, dir, &index_name(self.base_offset), &summary.encode())
+    }
+
+    /// Finds the batch matching `target`, or `None` if it lies at or past the
+    /// end of the segment. Reads headers only, from the nearest index entry.
+    pub fn locate(&self, target: Target, max_batch_bytes: usize) -> Result<Option<Located>> {
+        let floor = match target {
+            Target::Offset(o) => floor_entry(&self.entries, |e| {
+                self.base_offset + e.offset_delta as i64 <= o
+            }),
+            Target::Index(i) => floor_entry(&self.entries, |e| {
+                self.base_index + e.index_delta as u64 <= i
+            }),
+            Target::Timestamp(t) => floor_entry(&self.entries, |e| e.timestamp_before < t),
+        };
+        let (start, mut index) = match floor {
+            Some(e) => (e.position as u64, self.base_index + e.index_delta as u64),
+            None => (0, self.base_index),
+        };
+        let mut scanner = Scanner::new(
+            self.file.as_ref(),
+            start,
+            self.size_bytes,
+            false,
+            max_batch_bytes,
+        );
+        // Bounded by the batches in the segment.
+        loop {
+            let found = scanner.next_batch().map_err(|e| self.scan_error(e))?;
+            let Some(Scanned { position, header }) = found else {
+                return Ok(None);
+            };
+            let hit = match target {
+                Target::Offset(o) => header.next_offset() > o,
+                Target::Index(i) => index == i,
+                Target::Timestamp(t) => header.max_timestamp >= t,
+            };
+            if hit {
+                return Ok(Some(Located {
+                    position,
+                    index,
+                    header,
+                }));
+            }
+            index += 1;
+        }
+    }
+
+    fn scan_error(&self, e: ScanError) -> StorageError {
+        match e {
+            ScanError::Io(source) => StorageError::Io {
+                context: format!("read {}", self.path.display()),
+                source,
+            },
+            ScanError::Damaged { position, reason } => self.corrupt(position, reason),
+        }
+    }
+
+    /// Reads whole batches from `position`: as many as fit in `max_bytes`
+    /// (at least one), stopping before any batch that reaches `max_offset`
+    /// (exclusive) or would pass `max_index` (exclusive). Returns the bytes
+    /// and the number of batches.
+    pub fn read_batches(
+        &self,
+        position: u64,
+        max_bytes: usize,
+        max_offset: i64,
+        index_limit: u64,
+        first_index: u64,
+        max_batch_bytes: usize,
+    ) -> Result<(Bytes, usize)> {
+        let mut scanner = Scanner::new(
+            self.file.as_ref(),
+            position,
+            self.size_bytes,
+            false,
+            max_batch_bytes,
+        );
+        let mut end = position;
+        let mut count = 0usize;
+        let mut index = first_index;
+        while let Some(s) = scanner.next_batch().map_err(|e| self.scan_error(e))? {
+            let size = s.header.size_bytes() as u64;
+            let too_big = count > 0 && (end + size - position) as usize > max_bytes;
+            if s.header.next_offset() > max_offset || index >= index_limit || too_big {
+                break;
+            }
+            end += size;
+            count += 1;
+            index += 1;
+        }
+        Ok((self.read_bytes(position, (end - position) as usize)?, count))
+    }
+
+    fn read_bytes(&self, position: u64, len: usize) -> Result<Bytes> {
+        let mut buf = BytesMut::zeroed(len);
+        read_exact_at(self.file.as_ref(), &mut buf, position)
+            .map_err(io_err(format!("read {}", self.path.display())))?;
+        Ok(buf.freeze())
+    }
+
+    /// Cuts the segment just before the located batch.
+    pub fn truncate_to(
+        &mut self,
+        at: &Located,
+        max_batch_bytes: usize,
+        terms: &mut Vec<TermRun>,
+    ) -> Result<()> {
+        self.file
+            .truncate(at.position)
+            .and_then(|()| self.file.sync())
+            .map_err(io_err(format!("truncate {}", self.path.display())))?;
+        // Rare (a Raft conflict): rescan for an exact summary.
+        let mut scratch = Vec::new();
+        self.rebuild(at.position, max_batch_bytes, &mut scratch)
+            .map_err(|(p, r)| self.corrupt(p, r))?;
+        terms.retain(|t| t.first_index < at.index);
+        Ok(())
+    }
+
+    /// The file's length on disk, for checks after reopening.
+    pub fn file_len(&self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+}
+
+fn read_summary(disk: &dyn Disk, dir: &Path, base_offset: i64) -> Option<SegmentSummary> {
+    // A missing or unusable index is rebuilt from the segment, so the reason
+    // it could not be used does not matter here.
+    let body = atomic::read(disk, dir, &index_name(base_offset)).ok()??;
+    SegmentSummary::decode(&body).ok()
+}
+
+/// Records that entry `index` has `term`, extending the runs.
+pub fn push_term(terms: &mut Vec<TermRun>, index: u64, term: u64) {
+    match terms.last() {
+        Some(last) if last.term == term => {}
+        _ => terms.push(TermRun {
+            first_index: index,
+            term,
+        }),
+    }
+}
+
+/// The runs covering entries `[from, to)`, the first clipped to start at
+/// `from`.
+pub fn terms_within(terms: &[TermRun], from: u64, to: u64) -> Vec<TermRun> {
+    let start = terms
+        .partition_point(|t| t.first_index <= from)
+        .saturating_sub(1);
+    let mut out: Vec<TermRun> = terms[start..]
+        .iter()
+        .take_while(|t| t.first_index < to)
+        .copied()
+        .collect();
+    if let Some(first) = out.first_mut() {
+        first.first_index = first.first_index.max(from);
+    }
+    out
+}

@@ -21,7 +21,7 @@ use std::sync::Arc;
 mod faulty;
 mod real;
 
-pub use faulty::{FaultConfig, FaultyDisk};
+pub use faulty::{FaultConfig, FaultHandle, FaultKind, FaultStats, FaultyDisk, InjectedFault};
 pub use real::RealDisk;
 
 /// A shared handle to a disk implementation.
@@ -66,7 +66,8 @@ pub trait Disk: Send + Sync + Debug + 'static {
 
 /// An open file. Reads are positional; writes append at the end, which is the
 /// only way the log writes data (a truncate may move the end back first).
-// `len` is a file size that can fail; an `is_empty` would add nothing.
+// `len` is fallible and storage never asks whether a file is empty, so an
+// `is_empty` would be dead weight on every implementation.
 #[allow(clippy::len_without_is_empty)]
 pub trait DiskFile: Send + Sync + Debug {
     /// Reads up to `buf.len()` bytes at `pos`; returns how many were read

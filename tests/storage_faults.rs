@@ -22,7 +22,10 @@ fn batch(i: u64) -> RecordBatch {
     for r in 0..=(i % 4) {
         b.push(&Event {
             key: Some(Bytes::from(format!("k{i}"))),
-            value: Some(Bytes::from(format!("value {i}.{r} {}", "x".repeat(i as usize % 300)))),
+            value: Some(Bytes::from(format!(
+                "value {i}.{r} {}",
+                "x".repeat(i as usize % 300)
+            ))),
             timestamp_ms: i as i64,
             headers: vec![],
         });
@@ -81,18 +84,42 @@ fn acknowledged_batches_survive_injected_faults() {
         let dir = tmp.path().join("p");
         let (acked, written, err) = run_until_failure(&dir, seed);
         assert!(err.contains("injected"), "seed {seed}: {err}");
-        kinds.insert(err.split("injected").nth(1).unwrap_or("").split_whitespace().next().unwrap_or("").to_string());
+        kinds.insert(
+            err.split("injected")
+                .nth(1)
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        );
 
         let log = PartitionLog::open(Arc::new(RealDisk), &dir, config(), 0)
             .unwrap_or_else(|e| panic!("seed {seed}: reopen failed: {e}"));
-        assert!(log.last_index() >= acked, "seed {seed}: lost acknowledged entries");
+        assert!(
+            log.last_index() >= acked,
+            "seed {seed}: lost acknowledged entries"
+        );
         let entries = log.entries(1, log.last_index() + 1, usize::MAX).unwrap();
         for (index, got) in entries {
             let want = &written[index as usize - 1];
-            assert_eq!(got.records().unwrap().iter().map(|r| r.event.clone()).collect::<Vec<_>>(),
-                want.records().unwrap().iter().map(|r| r.event.clone()).collect::<Vec<_>>(),
-                "seed {seed}: entry {index} differs from what was written");
+            assert_eq!(
+                got.records()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.event.clone())
+                    .collect::<Vec<_>>(),
+                want.records()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.event.clone())
+                    .collect::<Vec<_>>(),
+                "seed {seed}: entry {index} differs from what was written"
+            );
         }
     }
-    assert!(kinds.len() >= 2, "the seeds should hit several fault kinds: {kinds:?}");
+    assert!(
+        kinds.len() >= 2,
+        "the seeds should hit several fault kinds: {kinds:?}"
+    );
 }

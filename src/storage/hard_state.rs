@@ -54,3 +54,56 @@ impl HardState {
         atomic::write(disk, dir, FILE_NAME, &body)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::RealDisk;
+
+    #[test]
+    fn save_load_and_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = RealDisk;
+        assert_eq!(
+            HardState::load(&disk, dir.path()).unwrap(),
+            HardState::default()
+        );
+        let a = HardState {
+            term: 3,
+            vote: 2,
+            commit: 17,
+        };
+        a.save(&disk, dir.path()).unwrap();
+        assert_eq!(HardState::load(&disk, dir.path()).unwrap(), a);
+        let b = HardState {
+            term: 4,
+            vote: 0,
+            commit: 18,
+        };
+        b.save(&disk, dir.path()).unwrap();
+        assert_eq!(HardState::load(&disk, dir.path()).unwrap(), b);
+        assert!(
+            !dir.path().join("hard_state.tmp").exists(),
+            "the temp file was renamed away"
+        );
+    }
+
+    #[test]
+    fn damage_is_an_error_not_a_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = RealDisk;
+        HardState {
+            term: 9,
+            vote: 1,
+            commit: 5,
+        }
+        .save(&disk, dir.path())
+        .unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[3] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = HardState::load(&disk, dir.path()).unwrap_err();
+        assert!(err.to_string().contains("hard_state"), "{err}");
+    }
+}

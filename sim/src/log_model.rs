@@ -44,6 +44,14 @@ pub enum Op {
         at: u16,
         max_bytes: u16,
     },
+    /// Discard the log and restart it empty (a follower installing a Raft
+    /// snapshot), this many entries and offsets from the current end:
+    /// ahead of it (the usual lagging follower) or behind it (a divergent
+    /// follower whose tail overlaps the new start).
+    Reset {
+        index_delta: i8,
+        offset_delta: i16,
+    },
 }
 
 impl Arbitrary for Op {
@@ -59,6 +67,10 @@ impl Arbitrary for Op {
             },
             12..=13 => Op::Retention {
                 advance_ms: u32::arbitrary(g) % 5000,
+            },
+            14 if u8::arbitrary(g) % 2 == 0 => Op::Reset {
+                index_delta: i8::arbitrary(g) % 12,
+                offset_delta: i16::arbitrary(g) % 60,
             },
             14 => Op::Configure {
                 retention_bytes: u16::arbitrary(g),
@@ -150,6 +162,7 @@ pub struct Coverage {
     pub segments_deleted: usize,
     pub truncations: usize,
     pub reads: usize,
+    pub resets: usize,
 }
 
 impl Coverage {
@@ -158,6 +171,7 @@ impl Coverage {
         self.segments_deleted += o.segments_deleted;
         self.truncations += o.truncations;
         self.reads += o.reads;
+        self.resets += o.resets;
     }
 }
 
@@ -185,6 +199,7 @@ pub fn run(disk: DiskRef, dir: &std::path::Path, ops: &[Op]) -> Result<Coverage,
             Op::Retention { .. } => cov.segments_deleted = m.start_index as usize - 1,
             Op::Truncate { back } if *back > 0 => cov.truncations += 1,
             Op::Read { .. } => cov.reads += 1,
+            Op::Reset { .. } => cov.resets += 1,
             _ => {}
         }
     }
@@ -306,6 +321,27 @@ fn apply(
                 .map_err(|e| e.to_string())?;
             if log.torn_bytes_recovered() != 0 {
                 return Err("a clean reopen found a torn tail".into());
+            }
+        }
+        Op::Reset {
+            index_delta,
+            offset_delta,
+        } => {
+            let index = (m.next_index() as i64 + index_delta as i64).max(1) as u64;
+            let offset = (m.next_offset() + offset_delta as i64).max(0);
+            // The entry before the new start had the current term; later
+            // appends continue in it.
+            log.reset(offset, index, m.term)
+                .map_err(|e| e.to_string())?;
+            m.entries.clear();
+            m.start_index = index;
+            m.start_offset = offset;
+            if log.term(index - 1) != Some(m.term) {
+                return Err(format!(
+                    "after a reset the term before the start is {:?}, not {}",
+                    log.term(index - 1),
+                    m.term
+                ));
             }
         }
         Op::Read { at, max_bytes } => {

@@ -10,6 +10,7 @@ static COVERAGE: Mutex<Coverage> = Mutex::new(Coverage {
     segments_deleted: 0,
     truncations: 0,
     reads: 0,
+    resets: 0,
 });
 
 fn prop(ops: Vec<Op>) -> TestResult {
@@ -38,4 +39,5 @@ fn log_agrees_with_model_on_real_disk() {
         "retention never deleted a segment: {c:?}"
     );
     assert!(c.truncations > 0 && c.reads > 0, "{c:?}");
+    assert!(c.resets > 0, "no run reset the log: {c:?}");
 }

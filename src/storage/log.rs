@@ -382,6 +382,115 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// The offset after the last record of entry `index`: where a reader
+    /// that may see everything up to and including that entry stops (the
+    /// high watermark when `index` is the commit index). For
+    /// `first_index - 1` it is the log start offset.
+    pub fn next_offset_after_index(&self, index: u64) -> Result<i64> {
+        if index + 1 == self.start.index {
+            return Ok(self.start.offset);
+        }
+        if index < self.start.index || index > self.last_index() {
+            return Err(StorageError::Invalid(format!(
+                "entry {index} is outside the log's {}..={}",
+                self.start.index,
+                self.last_index()
+            )));
+        }
+        // `index >= start.index == segments[0].base_index`, so at least one
+        // segment starts at or before it.
+        let i = self.segments.partition_point(|s| s.base_index <= index) - 1;
+        let seg = &self.segments[i];
+        if index + 1 == seg.next_index {
+            // The segment's last entry: no read needed.
+            return Ok(seg.next_offset);
+        }
+        let at = seg
+            .locate(Target::Index(index), self.config.max_batch_bytes)?
+            .ok_or_else(|| {
+                StorageError::Invalid(format!("entry {index} not found in {}", seg.path.display()))
+            })?;
+        Ok(at.header.next_offset())
+    }
+
+    /// Discards the whole log and restarts it empty at `start_offset` and
+    /// Raft index `start_index`, the entry before which had `prev_term`: a
+    /// follower installing a leader's snapshot, whose log starts where the
+    /// leader's does. Durable when it returns.
+    ///
+    /// Crash safety: the new start is persisted before any segment is
+    /// removed, as in retention, and a reopen removes segments below the
+    /// start. A reopen keeps segments at or above the start, though, and
+    /// labels the first with the start index; so every batch holding an
+    /// offset at or past `start_offset` is cut off (durably) first. Those
+    /// entries are not the committed prefix this replica shares with the
+    /// leader (that prefix ends below `start_offset`, at the same offsets as
+    /// the leader's), so losing them is what Raft's conflict truncation
+    /// would do anyway. A crash at any point therefore reopens either the
+    /// old log (perhaps with that suffix cut) or the new empty one.
+    pub fn reset(&mut self, start_offset: i64, start_index: u64, prev_term: u64) -> Result<()> {
+        self.check_usable()?;
+        if start_offset < 0 || start_index == 0 || prev_term > i32::MAX as u64 {
+            return Err(StorageError::Invalid(format!(
+                "cannot reset the log to offset {start_offset}, index {start_index}, \
+                 previous term {prev_term}"
+            )));
+        }
+        let start = LogStart {
+            offset: start_offset,
+            index: start_index,
+            prev_term,
+        };
+        self.reset_inner(start).map_err(|e| self.poison(e))?;
+        self.check_invariants();
+        Ok(())
+    }
+
+    fn reset_inner(&mut self, start: LogStart) -> Result<()> {
+        let disk = self.disk.clone();
+        if self.start.offset >= start.offset {
+            // Every entry holds offsets at or past the new start.
+            for seg in &self.segments {
+                remove_segment_files(disk.as_ref(), &self.dir, seg.base_offset)?;
+            }
+            sync_dir(disk.as_ref(), &self.dir)?;
+        } else if self.next_offset() > start.offset {
+            let i = self
+                .segments
+                .partition_point(|s| s.base_offset <= start.offset)
+                - 1;
+            let seg = &self.segments[i];
+            let at = seg
+                .locate(Target::Offset(start.offset), self.config.max_batch_bytes)?
+                .ok_or_else(|| {
+                    StorageError::Invalid(format!(
+                        "offset {} not found in {}",
+                        start.offset,
+                        seg.path.display()
+                    ))
+                })?;
+            self.truncate_inner(at.index)?;
+        }
+        save_start(disk.as_ref(), &self.dir, start)?;
+        // Files are removed before the new segment is created: an emptied
+        // active segment may carry the new segment's name. The in-memory
+        // list is replaced only once the new segment exists, so the log
+        // always has an active segment (a failure here poisons it).
+        for seg in &self.segments {
+            let path = self.dir.join(segment::log_name(seg.base_offset));
+            if disk.exists(&path) {
+                remove_segment_files(disk.as_ref(), &self.dir, seg.base_offset)?;
+            }
+        }
+        let seg = Segment::create(disk.as_ref(), &self.dir, start.offset, start.index)?;
+        sync_dir(disk.as_ref(), &self.dir)?;
+        self.segments = vec![seg];
+        self.start = start;
+        self.terms.clear();
+        self.unsynced = false;
+        Ok(())
+    }
+
     /// Reads whole batches holding offsets from `from_offset` up to
     /// `max_offset` (exclusive; the high watermark for consumers), at most
     /// `max_bytes` but always at least one batch if any is readable. The
@@ -677,10 +786,11 @@ fn list_segments(disk: &DiskRef, dir: &Path, start: LogStart) -> Result<Vec<i64>
         removed = true;
     }
     let kept = logs.split_off(first_kept);
+    // `logs` now holds the removed segments, whose index files went with them.
     for (b, _) in names
         .iter()
         .filter_map(|n| segment::parse_name(n))
-        .filter(|&(b, is_log)| !is_log && !kept.contains(&b))
+        .filter(|&(b, is_log)| !is_log && !kept.contains(&b) && !logs.contains(&b))
     {
         let path = dir.join(segment::index_name(b));
         disk.remove_file(&path)
@@ -718,4 +828,157 @@ fn save_start(disk: &dyn crate::io::Disk, dir: &Path, s: LogStart) -> Result<()>
     body.extend_from_slice(&s.index.to_be_bytes());
     body.extend_from_slice(&s.prev_term.to_be_bytes());
     atomic::write(disk, dir, START_FILE, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::RealDisk;
+    use crate::types::{BatchBuilder, Event};
+    use std::sync::Arc;
+
+    fn config() -> LogConfig {
+        LogConfig {
+            segment_bytes: 1024,
+            index_interval_bytes: 128,
+            max_batch_bytes: 1024,
+            ..LogConfig::default()
+        }
+    }
+
+    fn batch(i: u64) -> RecordBatch {
+        let mut b = BatchBuilder::new();
+        for r in 0..1 + i % 3 {
+            b.push(&Event {
+                key: Some(Bytes::from(format!("k{i}-{r}"))),
+                value: Some(Bytes::from(vec![i as u8; 60])),
+                timestamp_ms: i as i64,
+                headers: vec![],
+            });
+        }
+        b.build()
+    }
+
+    /// A log of `n` entries in term 1 over several segments.
+    fn filled(dir: &Path, n: u64) -> PartitionLog {
+        let mut log = PartitionLog::open(Arc::new(RealDisk), dir, config(), 0).unwrap();
+        for i in 1..=n {
+            log.append(batch(i), 1, i, 0).unwrap();
+        }
+        log.sync().unwrap();
+        assert!(log.segment_count() > 3, "the test needs several segments");
+        log
+    }
+
+    fn reopen(dir: &Path) -> PartitionLog {
+        PartitionLog::open(Arc::new(RealDisk), dir, config(), 0).unwrap()
+    }
+
+    #[test]
+    fn next_offset_after_index_matches_the_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = filled(dir.path(), 40);
+        assert_eq!(log.next_offset_after_index(0).unwrap(), 0);
+        for (index, b) in log.entries(1, 41, usize::MAX).unwrap() {
+            assert_eq!(log.next_offset_after_index(index).unwrap(), b.next_offset());
+        }
+        assert_eq!(log.next_offset_after_index(40).unwrap(), log.next_offset());
+        assert!(log.next_offset_after_index(41).is_err());
+    }
+
+    /// Checks an empty log starting at `offset` / `index` after `prev_term`
+    /// that accepts the next entry, here and after a reopen.
+    fn check_fresh(dir: &Path, log: &mut PartitionLog, offset: i64, index: u64, prev_term: u64) {
+        for log in [&mut *log, &mut reopen(dir)] {
+            assert_eq!(log.log_start_offset(), offset);
+            assert_eq!(log.next_offset(), offset);
+            assert_eq!((log.first_index(), log.last_index()), (index, index - 1));
+            assert_eq!(log.term(index - 1), Some(prev_term));
+            assert_eq!(log.segment_count(), 1);
+        }
+        let at = log.append(batch(1), prev_term + 1, index, 0).unwrap();
+        assert_eq!((at.base_offset, at.index), (offset, index));
+        log.sync().unwrap();
+        let again = reopen(dir);
+        assert_eq!(again.last_index(), index);
+        assert_eq!(again.term(index), Some(prev_term + 1));
+    }
+
+    #[test]
+    fn reset_past_the_end_starts_an_empty_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = filled(dir.path(), 30);
+        let (offset, index) = (log.next_offset() + 500, 80);
+        log.reset(offset, index, 4).unwrap();
+        check_fresh(dir.path(), &mut log, offset, index, 4);
+    }
+
+    #[test]
+    fn reset_into_the_log_discards_the_overlapping_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = filled(dir.path(), 30);
+        // Inside a segment and at a different index than the log has there:
+        // a divergent follower.
+        let offset = log.next_offset_after_index(12).unwrap() + 1;
+        log.reset(offset, 20, 3).unwrap();
+        check_fresh(dir.path(), &mut log, offset, 20, 3);
+
+        // Before the start: everything goes.
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = filled(dir.path(), 30);
+        log.reset(0, 5, 2).unwrap();
+        check_fresh(dir.path(), &mut log, 0, 5, 2);
+    }
+
+    /// A crash after the new start is saved (files not yet removed) must
+    /// reopen as the new empty log, even when a segment left behind is named
+    /// by the new start offset but was labelled with another index.
+    #[test]
+    fn reset_interrupted_after_the_start_is_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = filled(dir.path(), 30);
+        let seg = &log.segments[2];
+        let (offset, index) = (seg.base_offset, seg.base_index + 7);
+        // What reset does before the crash: cut entries at or past the new
+        // start offset, then save the start.
+        let at = seg
+            .locate(Target::Offset(offset), 1024)
+            .unwrap()
+            .expect("the segment's first batch");
+        log.truncate_suffix(at.index).unwrap();
+        save_start(
+            log.disk.as_ref(),
+            dir.path(),
+            LogStart {
+                offset,
+                index,
+                prev_term: 1,
+            },
+        )
+        .unwrap();
+        drop(log);
+        let mut log = reopen(dir.path());
+        check_fresh(dir.path(), &mut log, offset, index, 1);
+    }
+
+    /// A retention pass interrupted after saving the new start leaves sealed
+    /// segments (with their index files) below it; reopening removes them.
+    #[test]
+    fn retention_interrupted_after_the_start_is_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = filled(dir.path(), 30);
+        let seg = &log.segments[2];
+        let start = LogStart {
+            offset: seg.base_offset,
+            index: seg.base_index,
+            prev_term: 1,
+        };
+        let last = log.last_index();
+        save_start(log.disk.as_ref(), dir.path(), start).unwrap();
+        drop(log);
+        let log = reopen(dir.path());
+        assert_eq!(log.log_start_offset(), start.offset);
+        assert_eq!((log.first_index(), log.last_index()), (start.index, last));
+        assert!(!dir.path().join(segment::index_name(0)).exists());
+    }
 }

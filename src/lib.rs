@@ -7,8 +7,10 @@
 //! - [`io`]: the disk interface and its real implementation, plus a
 //!   fault-injecting wrapper.
 //! - [`storage`]: segments, indexes, the partition log, hard state.
+//! - [`replication`]: raft-rs groups on the partition log.
 
 pub mod io;
+pub mod replication;
 pub mod storage;
 pub mod types;
 

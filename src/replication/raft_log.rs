@@ -247,7 +247,14 @@ impl RaftLog {
     ) -> Result<RaftLog> {
         let log = PartitionLog::open(disk.clone(), dir, config, now_ms)?;
         let conf = match load_conf(disk.as_ref(), dir, &log)? {
-            Some(conf) => conf,
+            Some((conf, false)) => conf,
+            Some((conf, true)) => {
+                // Settle an interrupted snapshot install either way now: a
+                // later retention pass could make the log start where the
+                // abandoned snapshot would have put it.
+                save_conf(disk.as_ref(), dir, &conf, None)?;
+                conf
+            }
             None => {
                 check_voters(voters)?;
                 let conf = ConfRecord {
@@ -664,15 +671,16 @@ fn put_conf(body: &mut BytesMut, conf: &ConfRecord) -> Result<()> {
     Ok(())
 }
 
-/// Loads the configuration, `None` if none was saved. If a snapshot was
-/// being installed, the new configuration counts only if the log was reset
-/// to start right after the snapshot's index (a log that was not reset
-/// starts at or before that index, since older snapshots are refused).
+/// Loads the configuration, `None` if none was saved, and whether the file
+/// records an interrupted snapshot install. If a snapshot was being
+/// installed, the new configuration counts only if the log was reset to
+/// start right after the snapshot's index (a log that was not reset starts
+/// at or before that index, since older snapshots are refused).
 fn load_conf(
     disk: &dyn crate::io::Disk,
     dir: &Path,
     log: &PartitionLog,
-) -> Result<Option<ConfRecord>> {
+) -> Result<Option<(ConfRecord, bool)>> {
     let Some(body) = atomic::read(disk, dir, CONF_FILE)? else {
         return Ok(None);
     };
@@ -700,8 +708,9 @@ fn load_conf(
         return Err(corrupt(format!("{} trailing bytes", buf.len())));
     }
     Ok(Some(match previous {
-        Some(p) if log.first_index() != conf.index + 1 => p,
-        _ => conf,
+        Some(p) if log.first_index() != conf.index + 1 => (p, true),
+        Some(_) => (conf, true),
+        None => (conf, false),
     }))
 }
 
@@ -1074,11 +1083,16 @@ mod tests {
             index: 40,
         };
         save_conf(&disk, dir.path(), &new, Some(&old)).unwrap();
-        assert_eq!(open(dir.path()).conf_state().voters, vec![1, 2, 3]);
-        // Had the reset happened, the new one would count.
         let log = open(dir.path());
+        assert_eq!(log.conf_state().voters, vec![1, 2, 3]);
+        // The choice is final: the log starting after index 40 later (by
+        // retention, say) does not revive the abandoned configuration.
         log.with_log_mut(|l| l.reset(500, 41, 3)).unwrap();
         drop(log);
+        assert_eq!(open(dir.path()).conf_state().voters, vec![1, 2, 3]);
+        // Had the reset happened, the new one would count.
+        save_conf(&disk, dir.path(), &new, Some(&old)).unwrap();
+        assert_eq!(open(dir.path()).conf_state().voters, vec![1, 2, 4]);
         assert_eq!(open(dir.path()).conf_state().voters, vec![1, 2, 4]);
     }
 

@@ -7,7 +7,10 @@
 //! - [`io`]: the disk interface and its real implementation, plus a
 //!   fault-injecting wrapper.
 //! - [`storage`]: segments, indexes, the partition log, hard state.
+//! - [`cluster`]: the controller's metadata (pure): topic configs,
+//!   placement, the topic table and the checks before proposing.
 
+pub mod cluster;
 pub mod io;
 pub mod storage;
 pub mod types;

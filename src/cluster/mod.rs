@@ -20,8 +20,10 @@
 //! that no longer fits is applied as a no-op, and the proposer, watching the
 //! table, sees it did not happen.
 
+pub mod placement;
 pub mod topic_config;
 
+pub use placement::{assign, PlacementLoad};
 pub use topic_config::{CleanupPolicy, TopicConfig};
 
 use crate::proto::{self, ErrorCode};

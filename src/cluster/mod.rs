@@ -21,10 +21,14 @@
 //! table, sees it did not happen.
 
 pub mod placement;
+pub mod table;
 pub mod topic_config;
+pub mod validate;
 
 pub use placement::{assign, PlacementLoad};
+pub use table::{BrokerInfo, HostedPartition, TableChange, Topic, TopicTable};
 pub use topic_config::{CleanupPolicy, TopicConfig};
+pub use validate::check_topic_name;
 
 use crate::proto::{self, ErrorCode};
 use std::fmt;

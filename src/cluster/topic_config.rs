@@ -206,9 +206,9 @@ impl TopicConfig {
 /// removed (deleting an override that is not set is fine, as in Kafka).
 /// Keys must be known, and a key cannot be both set and deleted. The
 /// result is validated as a whole.
-pub fn altered_overrides<'a>(
+pub fn altered_overrides(
     overrides: &BTreeMap<String, String>,
-    set: impl IntoIterator<Item = (&'a String, &'a String)>,
+    set: &BTreeMap<String, String>,
     delete: &[String],
 ) -> Result<BTreeMap<String, String>, ClusterError> {
     let mut result = overrides.clone();

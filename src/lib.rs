@@ -4,13 +4,26 @@
 //! Layers, each using only those before it:
 //! - [`proto`]: Weir's wire schemas, generated from `proto/` by prost.
 //! - [`types`]: events and Kafka's RecordBatch v2 format.
-//! - [`io`]: the disk interface and its real implementation, plus a
-//!   fault-injecting wrapper.
+//! - [`io`]: the seams to the outside world: disk, network (and framing),
+//!   clock; their real implementations, plus a fault-injecting disk.
 //! - [`storage`]: segments, indexes, the partition log, hard state.
-//! - [`replication`]: raft-rs groups on the partition log.
+//! - [`replication`]: raft-rs groups on the partition log, the multi-Raft
+//!   driver and the peer transport.
+//! - [`partition`]: produce and fetch on a partition's group.
+//! - [`cluster`]: the controller: topic configs, placement, the topic table
+//!   (pure), the controller group's runtime and the backend that turns
+//!   metadata into local partitions.
+//! - [`server`]: client connections and request handlers.
+//! - [`broker`]: wires it all together on injected seams.
+//! - [`client`]: the native client.
 
+pub mod broker;
+pub mod client;
+pub mod cluster;
 pub mod io;
+pub mod partition;
 pub mod replication;
+pub mod server;
 pub mod storage;
 pub mod types;
 

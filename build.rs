@@ -7,6 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     let fds = protox::compile(protos, ["proto"])?;
-    prost_build::Config::new().bytes(["."]).compile_fds(fds)?;
+    // Payloads stay zero-copy `Bytes`; maps are BTreeMaps so iteration
+    // order is deterministic (the simulator replays runs exactly).
+    prost_build::Config::new()
+        .bytes(["."])
+        .btree_map(["."])
+        .compile_fds(fds)?;
     Ok(())
 }

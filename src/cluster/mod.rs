@@ -1,7 +1,15 @@
 //! Cluster metadata: what the controller group replicates and decides.
 //!
-//! Everything here is pure (no I/O, no async), so the controller's state
-//! machine can be replayed and checked anywhere:
+//! The runtime:
+//!
+//! - [`controller`]: the controller group (group 0): admin requests
+//!   validated and proposed by its leader, committed commands applied to
+//!   every broker's copy of the table, broker registration.
+//! - [`backend`]: turns the table into local partitions (opens, removes,
+//!   reconfigures them) and runs retention.
+//!
+//! The rest is pure (no I/O, no async), so the controller's state machine
+//! can be replayed and checked anywhere:
 //!
 //! - [`topic_config`]: topic configs by their Kafka names, validated, with
 //!   defaults, and their translation to the storage layer's `LogConfig`.
@@ -20,6 +28,8 @@
 //! that no longer fits is applied as a no-op, and the proposer, watching the
 //! table, sees it did not happen.
 
+pub mod backend;
+pub mod controller;
 pub mod placement;
 pub mod table;
 pub mod topic_config;
@@ -39,6 +49,8 @@ use std::fmt;
 pub struct ClusterError {
     pub code: ErrorCode,
     pub message: String,
+    /// For NOT_CONTROLLER: the broker that is the controller (0: unknown).
+    pub leader: u64,
 }
 
 impl ClusterError {
@@ -46,7 +58,17 @@ impl ClusterError {
         ClusterError {
             code,
             message: message.into(),
+            leader: 0,
         }
+    }
+
+    pub fn with_leader(mut self, leader: u64) -> Self {
+        self.leader = leader;
+        self
+    }
+
+    pub fn to_proto(&self) -> proto::Error {
+        self.clone().into()
     }
 }
 
@@ -63,7 +85,7 @@ impl From<ClusterError> for proto::Error {
         proto::Error {
             code: e.code as i32,
             message: e.message,
-            leader_id: 0,
+            leader_id: e.leader,
         }
     }
 }

@@ -18,10 +18,22 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod clock;
 mod faulty;
+pub mod frame;
+pub mod net;
 mod real;
 
+pub use clock::{Clock, ClockRef, TokioClock};
 pub use faulty::{FaultConfig, FaultHandle, FaultKind, FaultStats, FaultyDisk, InjectedFault};
+pub use frame::{
+    decode_message, write_frame, write_message, FrameError, FrameReader, FrameWriter,
+    FRAME_BYTES_MAX,
+};
+pub use net::{
+    BoxFuture, BoxStream, Listener, Network, NetworkRef, Stream, TcpNetwork,
+    CONNECT_TIMEOUT_DEFAULT,
+};
 pub use real::RealDisk;
 
 /// A shared handle to a disk implementation.

@@ -7,7 +7,13 @@
 //!   once per replica; Raft's own entries (a leader's no-op, configuration
 //!   changes) are control batches.
 //!
-//! Planned here: the multi-Raft driver (one Ready loop for all groups on a
-//! broker, with group commit of their syncs) and the peer transport.
+//! - [`driver`]: the multi-Raft driver: one Ready loop for every group on a
+//!   broker, with group commit of their syncs and outgoing messages batched
+//!   per destination broker.
+//! - [`transport`]: the peer links that carry those batches, the reader of
+//!   incoming peer connections, and what a broker learns from its peers
+//!   (liveness, leaders of groups it does not host).
 
+pub mod driver;
 pub mod raft_log;
+pub mod transport;

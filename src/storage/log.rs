@@ -694,7 +694,7 @@ impl PartitionLog {
             out.bytes_deleted += seg.size_bytes;
         }
         sync_dir(self.disk.as_ref(), &self.dir)?;
-        self.terms = terms_within(&self.terms, start.index, u64::MAX);
+        self.terms = terms_within(&self.terms, start.index, self.last_index() + 1);
         self.check_invariants();
         Ok(out)
     }

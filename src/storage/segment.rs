@@ -471,6 +471,11 @@ pub fn push_term(terms: &mut Vec<TermRun>, index: u64, term: u64) {
 /// The runs covering entries `[from, to)`, the first clipped to start at
 /// `from`.
 pub fn terms_within(terms: &[TermRun], from: u64, to: u64) -> Vec<TermRun> {
+    if from >= to {
+        // No entries, no runs: a run kept for an empty range would claim a
+        // term for an entry that does not exist.
+        return Vec::new();
+    }
     let start = terms
         .partition_point(|t| t.first_index <= from)
         .saturating_sub(1);

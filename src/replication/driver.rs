@@ -1,0 +1,805 @@
+//! The multi-Raft driver: one task per broker runs every Raft group hosted
+//! on it (the partitions' and the controller's).
+//!
+//! One loop, in raft-rs's order (see raft-rs `examples/five_mem_node`), but
+//! for all groups at once so that disk syncs and network sends are shared:
+//!
+//! 1. Take inputs: proposals, Raft messages from peers, groups to add or
+//!    remove; or a tick, which ticks every group.
+//! 2. For every group with a Ready: send the messages that need no local
+//!    persistence (a leader's appends), install a snapshot, append the new
+//!    entries to the group's log (not yet synced), note the hard state, and
+//!    handle newly committed entries.
+//! 3. Sync every log touched in this round: one group commit. Nothing that
+//!    depends on those entries has left the broker yet.
+//! 4. For every such group: send the messages that required persistence
+//!    (votes, append responses), advance, handle the light ready, answer
+//!    acks=1 producers whose entries are now durable.
+//! 5. Flush outgoing messages, one batch per destination broker.
+//!
+//! Determinism: raft-rs draws each randomized election timeout from
+//! `thread_rng`. The driver watches every group's (term, role, leader) after
+//! each tick and step, and whenever it changes (the only times raft-rs
+//! redraws) overrides the timeout with a draw from the broker's seeded RNG,
+//! before the group is ticked again. Groups live in a BTreeMap and are
+//! visited in id order.
+
+use super::raft_log::RaftLog;
+use crate::io::ClockRef;
+use crate::types::RecordBatch;
+use raft::eraftpb::{Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use slog::Logger;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Settings of the driver.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// This broker: the Raft node id in every group it hosts.
+    pub node_id: u64,
+    pub tick_ms: u64,
+    pub heartbeat_tick: usize,
+    /// Election timeouts are drawn from `[election_tick_min, election_tick_max)`.
+    pub election_tick_min: usize,
+    pub election_tick_max: usize,
+    /// Largest append message, in bytes of entries.
+    pub message_bytes_max: u64,
+    /// Appends in flight per follower.
+    pub inflight_messages_max: usize,
+    /// Inputs handled per round before the round runs.
+    pub inputs_per_round_max: usize,
+    /// Seed of the driver's RNG (election timeout jitter).
+    pub seed: u64,
+}
+
+impl DriverConfig {
+    pub fn new(node_id: u64, seed: u64) -> Self {
+        DriverConfig {
+            node_id,
+            tick_ms: 100,
+            heartbeat_tick: 2,
+            election_tick_min: 10,
+            election_tick_max: 20,
+            message_bytes_max: 1024 * 1024,
+            inflight_messages_max: 64,
+            inputs_per_round_max: 1024,
+            seed,
+        }
+    }
+
+    fn raft_config(&self, applied: u64) -> raft::Config {
+        raft::Config {
+            id: self.node_id,
+            election_tick: self.election_tick_min,
+            heartbeat_tick: self.heartbeat_tick,
+            // raft-rs draws from [min, max); the driver overrides each draw
+            // with its own seeded one, in the same range.
+            min_election_tick: self.election_tick_min,
+            max_election_tick: self.election_tick_max,
+            max_size_per_msg: self.message_bytes_max,
+            max_inflight_msgs: self.inflight_messages_max,
+            check_quorum: true,
+            pre_vote: true,
+            applied,
+            ..Default::default()
+        }
+    }
+}
+
+/// How a producer wants its write acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acks {
+    /// Once committed (persisted on a majority).
+    All,
+    /// Once the leader persisted it.
+    Leader,
+    /// Never.
+    None,
+}
+
+/// Why a proposal was not acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This broker does not lead the group; `leader` does (0: unknown).
+    NotLeader { leader: u64 },
+    /// The group is not hosted here.
+    UnknownGroup,
+    /// The group's log failed; it is stopped on this broker.
+    Storage(String),
+    /// The broker is shutting down.
+    ShuttingDown,
+}
+
+impl fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProposeError::NotLeader { leader: 0 } => {
+                write!(f, "no leader is known yet (an election is running); retry")
+            }
+            ProposeError::NotLeader { leader } => {
+                write!(f, "this broker is not the leader; broker {leader} is")
+            }
+            ProposeError::UnknownGroup => write!(f, "the partition is not hosted on this broker"),
+            ProposeError::Storage(e) => write!(f, "the partition's log failed: {e}"),
+            ProposeError::ShuttingDown => write!(f, "the broker is shutting down"),
+        }
+    }
+}
+
+/// The answer to a proposal: the base offset of the batch.
+pub type ProposeResult = Result<i64, ProposeError>;
+
+/// A batch to replicate.
+pub struct Proposal {
+    pub group: u64,
+    pub batch: RecordBatch,
+    pub acks: Acks,
+    pub reply: Option<oneshot::Sender<ProposeResult>>,
+}
+
+/// Applies committed entries of a group with a state machine (the
+/// controller). Called on the driver task, in log order, exactly once per
+/// entry per process lifetime.
+pub trait Apply: Send {
+    fn apply(&mut self, index: u64, batch: &RecordBatch);
+}
+
+/// A group for the driver to host.
+pub struct GroupSpec {
+    pub id: u64,
+    pub log: RaftLog,
+    /// Where committed entries go, for groups with a state machine.
+    pub apply: Option<Box<dyn Apply>>,
+    /// The preferred leader (the first replica); it campaigns at once when
+    /// the group is brand new, and leadership is handed back to it.
+    pub preferred_leader: u64,
+    /// The last entry already applied (0 re-applies the whole log).
+    pub applied: u64,
+}
+
+/// What the driver is asked to do.
+pub enum Input {
+    Propose(Proposal),
+    /// Raft messages from broker `from`, each for a group.
+    Raft {
+        from: u64,
+        messages: Vec<(u64, Message)>,
+    },
+    AddGroup(Box<GroupSpec>),
+    RemoveGroup {
+        id: u64,
+    },
+    /// Syncs everything and stops the driver.
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Where Raft messages leave the broker.
+pub trait Outbound: Send {
+    /// Queues `messages` (group, message) for broker `to`. Must not block:
+    /// when the way to `to` is congested the messages may be dropped, which
+    /// Raft tolerates (it retries).
+    fn send(&mut self, to: u64, messages: Vec<(u64, Message)>);
+}
+
+/// A group's state as other tasks see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub leader: u64,
+    pub term: u64,
+    pub is_leader: bool,
+    /// Offset after the last committed record (Kafka's high watermark).
+    pub high_watermark: i64,
+    pub commit: u64,
+    /// Set once the group's log failed; the group is stopped here.
+    pub failed: Option<String>,
+    /// Followers whose log matches the leader's last index (leader only).
+    pub in_sync: Vec<u64>,
+}
+
+/// Shared view of every group's status, updated by the driver after each
+/// round, with a counter that changes whenever any high watermark moves (for
+/// long-polling fetches).
+#[derive(Clone, Debug)]
+pub struct StatusBoard {
+    groups: Arc<Mutex<BTreeMap<u64, GroupStatus>>>,
+    changed: watch::Receiver<u64>,
+}
+
+impl StatusBoard {
+    pub fn get(&self, group: u64) -> Option<GroupStatus> {
+        lock(&self.groups).get(&group).cloned()
+    }
+
+    /// The groups this broker leads, with their terms.
+    pub fn leading(&self) -> Vec<(u64, u64)> {
+        lock(&self.groups)
+            .iter()
+            .filter(|(_, s)| s.is_leader)
+            .map(|(id, s)| (*id, s.term))
+            .collect()
+    }
+
+    /// A receiver that sees a new value whenever a high watermark moves.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock already took the broker down; the data
+    // behind it is plain state, still consistent between calls.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Waiter {
+    term: u64,
+    reply: oneshot::Sender<ProposeResult>,
+}
+
+struct Group {
+    node: RawNode<RaftLog>,
+    log: RaftLog,
+    apply: Option<Box<dyn Apply>>,
+    preferred_leader: u64,
+    /// (term, role, leader) when last observed, to spot redraws of the
+    /// election timeout and leadership changes.
+    seen: (u64, StateRole, u64),
+    waiting_commit: BTreeMap<u64, Waiter>,
+    waiting_persist: VecDeque<(u64, Waiter)>,
+    failed: Option<String>,
+    status: GroupStatus,
+}
+
+/// The driver task's state. Build with [`Driver::new`], run with
+/// [`Driver::run`].
+pub struct Driver {
+    config: DriverConfig,
+    groups: BTreeMap<u64, Group>,
+    inputs: mpsc::Receiver<Input>,
+    outbound: Box<dyn Outbound>,
+    outbox: BTreeMap<u64, Vec<(u64, Message)>>,
+    board: Arc<Mutex<BTreeMap<u64, GroupStatus>>>,
+    changed: watch::Sender<u64>,
+    rng: ChaCha8Rng,
+    clock: ClockRef,
+    logger: Logger,
+    ticks: u64,
+}
+
+/// Ticks between checks that leadership sits with the preferred replica.
+const PREFERRED_LEADER_CHECK_TICKS: u64 = 50;
+/// Ticks between lazy persists of the commit index.
+const COMMIT_FLUSH_TICKS: u64 = 20;
+
+impl Driver {
+    /// A driver and the handles to feed it and watch it. `queue_len` bounds
+    /// the input queue: senders wait when it is full.
+    pub fn new(
+        config: DriverConfig,
+        outbound: Box<dyn Outbound>,
+        clock: ClockRef,
+        logger: Logger,
+        queue_len: usize,
+    ) -> (Driver, mpsc::Sender<Input>, StatusBoard) {
+        let (tx, rx) = mpsc::channel(queue_len);
+        let (changed, watch_rx) = watch::channel(0);
+        let board = Arc::new(Mutex::new(BTreeMap::new()));
+        let rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let driver = Driver {
+            config,
+            groups: BTreeMap::new(),
+            inputs: rx,
+            outbound,
+            outbox: BTreeMap::new(),
+            board: board.clone(),
+            changed,
+            rng,
+            clock,
+            logger,
+            ticks: 0,
+        };
+        let status = StatusBoard {
+            groups: board,
+            changed: watch_rx,
+        };
+        (driver, tx, status)
+    }
+
+    /// Runs until shut down or until every input sender is gone.
+    pub async fn run(mut self) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_ms));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Ticks first: a flood of inputs must not starve elections and
+            // heartbeats.
+            let stop = tokio::select! {
+                biased;
+                _ = ticker.tick() => { self.tick(); None }
+                input = self.inputs.recv() => match input {
+                    None => Some(None),
+                    Some(input) => self.take_inputs(input),
+                },
+            };
+            self.round();
+            if let Some(done) = stop {
+                self.shutdown();
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
+        }
+    }
+
+    /// Handles `first` and whatever else is queued, up to the round limit.
+    /// Returns Some when the driver must stop.
+    fn take_inputs(&mut self, first: Input) -> Option<Option<oneshot::Sender<()>>> {
+        let mut next = Some(first);
+        for _ in 0..self.config.inputs_per_round_max {
+            match next.take() {
+                Some(Input::Shutdown { done }) => return Some(Some(done)),
+                Some(input) => self.handle(input),
+                None => break,
+            }
+            next = self.inputs.try_recv().ok();
+        }
+        None
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Propose(p) => self.propose(p),
+            Input::Raft { from, messages } => self.step(from, messages),
+            Input::AddGroup(spec) => self.add_group(*spec),
+            Input::RemoveGroup { id } => self.remove_group(id),
+            Input::Shutdown { .. } => unreachable!("handled by take_inputs"),
+        }
+    }
+
+    fn add_group(&mut self, spec: GroupSpec) {
+        if self.groups.contains_key(&spec.id) {
+            return;
+        }
+        let config = self.config.raft_config(spec.applied);
+        let logger = self.logger.new(slog::o!("group" => spec.id));
+        let mut node = match RawNode::new(&config, spec.log.clone(), &logger) {
+            Ok(node) => node,
+            Err(e) => {
+                slog::error!(self.logger, "cannot start Raft group"; "group" => spec.id, "error" => %e);
+                return;
+            }
+        };
+        let brand_new = node.raft.term == 0 && node.raft.raft_log.last_index() == 0;
+        let seen = (node.raft.term, node.raft.state, node.raft.leader_id);
+        let jitter = self.draw_timeout();
+        node.raft.set_randomized_election_timeout(jitter);
+        if brand_new && spec.preferred_leader == self.config.node_id {
+            // Skip the first election timeout: the preferred leader of a new
+            // group asks for votes at once.
+            let _ = node.campaign();
+        }
+        let group = Group {
+            node,
+            log: spec.log,
+            apply: spec.apply,
+            preferred_leader: spec.preferred_leader,
+            seen,
+            waiting_commit: BTreeMap::new(),
+            waiting_persist: VecDeque::new(),
+            failed: None,
+            status: GroupStatus::default(),
+        };
+        self.groups.insert(spec.id, group);
+        self.observe(spec.id);
+    }
+
+    fn remove_group(&mut self, id: u64) {
+        if let Some(mut g) = self.groups.remove(&id) {
+            fail_waiters(&mut g, &ProposeError::UnknownGroup);
+            let _ = g.log.flush_commit();
+        }
+        lock(&self.board).remove(&id);
+    }
+
+    fn draw_timeout(&mut self) -> usize {
+        self.rng
+            .gen_range(self.config.election_tick_min..self.config.election_tick_max)
+    }
+
+    fn propose(&mut self, p: Proposal) {
+        let Some(g) = self.groups.get_mut(&p.group) else {
+            reply(p.reply, Err(ProposeError::UnknownGroup));
+            return;
+        };
+        if let Some(e) = &g.failed {
+            reply(p.reply, Err(ProposeError::Storage(e.clone())));
+            return;
+        }
+        if g.node.raft.state != StateRole::Leader {
+            let leader = g.node.raft.leader_id;
+            reply(p.reply, Err(ProposeError::NotLeader { leader }));
+            return;
+        }
+        let data = p.batch.into_bytes().to_vec();
+        if g.node.propose(vec![], data).is_err() {
+            // Dropped: a leadership transfer is under way.
+            reply(p.reply, Err(ProposeError::NotLeader { leader: 0 }));
+            return;
+        }
+        // raft-rs appended the proposal to the leader's log synchronously.
+        let index = g.node.raft.raft_log.last_index();
+        let term = g.node.raft.term;
+        if let Some(reply) = p.reply {
+            let waiter = Waiter { term, reply };
+            match p.acks {
+                Acks::All => {
+                    g.waiting_commit.insert(index, waiter);
+                }
+                Acks::Leader => g.waiting_persist.push_back((index, waiter)),
+                Acks::None => {}
+            }
+        }
+    }
+
+    fn step(&mut self, from: u64, messages: Vec<(u64, Message)>) {
+        for (id, msg) in messages {
+            let Some(g) = self.groups.get_mut(&id) else {
+                // Not hosted (yet): the backend creates it once the topic
+                // table says so, and Raft resends.
+                continue;
+            };
+            if g.failed.is_some() || msg.from != from {
+                continue;
+            }
+            if let Err(e) = g.node.step(msg) {
+                slog::debug!(self.logger, "step failed"; "group" => id, "error" => %e);
+            }
+            self.observe(id);
+        }
+    }
+
+    fn tick(&mut self) {
+        self.ticks += 1;
+        let ids: Vec<u64> = self.groups.keys().copied().collect();
+        for id in ids {
+            if let Some(g) = self.groups.get_mut(&id) {
+                if g.failed.is_none() {
+                    g.node.tick();
+                }
+            }
+            self.observe(id);
+        }
+        if self.ticks.is_multiple_of(PREFERRED_LEADER_CHECK_TICKS) {
+            self.restore_preferred_leaders();
+        }
+        if self.ticks.is_multiple_of(COMMIT_FLUSH_TICKS) {
+            for g in self.groups.values() {
+                let _ = g.log.flush_commit();
+            }
+        }
+    }
+
+    /// Notices role, term and leader changes: redraws the election timeout
+    /// from the seeded RNG and fails writes that can no longer commit here.
+    fn observe(&mut self, id: u64) {
+        let jitter = self.draw_timeout();
+        let Some(g) = self.groups.get_mut(&id) else {
+            return;
+        };
+        let now = (g.node.raft.term, g.node.raft.state, g.node.raft.leader_id);
+        if now == g.seen {
+            return;
+        }
+        g.node.raft.set_randomized_election_timeout(jitter);
+        if g.seen.1 == StateRole::Leader && now.1 != StateRole::Leader {
+            fail_waiters(g, &ProposeError::NotLeader { leader: now.2 });
+        }
+        slog::debug!(self.logger, "role change"; "group" => id, "term" => now.0,
+            "role" => ?now.1, "leader" => now.2);
+        g.seen = now;
+    }
+
+    /// Leaders hand leadership back to the preferred replica once it has
+    /// caught up, so that leaders stay spread as placement intended.
+    fn restore_preferred_leaders(&mut self) {
+        for g in self.groups.values_mut() {
+            let raft = &g.node.raft;
+            if raft.state != StateRole::Leader || g.preferred_leader == self.config.node_id {
+                continue;
+            }
+            let last = raft.raft_log.last_index();
+            let caught_up = raft
+                .prs()
+                .get(g.preferred_leader)
+                .is_some_and(|p| p.matched == last && p.recent_active);
+            if caught_up {
+                g.node.transfer_leader(g.preferred_leader);
+            }
+        }
+    }
+
+    /// One Ready round for every group (steps 2 to 5 of the module doc).
+    fn round(&mut self) {
+        let now_ms = self.clock.now_ms();
+        let ids: Vec<u64> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.failed.is_none() && g.node.has_ready())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut readies = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(rd) = self.persist_ready(id, now_ms) {
+                readies.push((id, rd));
+            }
+        }
+        self.sync_all(&mut readies);
+        for (id, rd) in readies {
+            self.finish_ready(id, rd);
+        }
+        self.check_read_errors();
+        self.publish_status();
+        self.flush_outbox();
+    }
+
+    /// Step 2: everything before the group commit.
+    fn persist_ready(&mut self, id: u64, now_ms: i64) -> Option<raft::Ready> {
+        let g = self.groups.get_mut(&id)?;
+        let mut rd = g.node.ready();
+        queue(&mut self.outbox, id, rd.take_messages());
+        let result = (|| {
+            if !rd.snapshot().is_empty() {
+                g.log.apply_snapshot(rd.snapshot().clone())?;
+            }
+            g.log.append(rd.entries(), now_ms)?;
+            if let Some(hs) = rd.hs() {
+                g.log.set_hard_state(hs);
+            }
+            Ok::<(), crate::storage::StorageError>(())
+        })();
+        if let Err(e) = result {
+            self.fail_group(id, e.to_string());
+            return None;
+        }
+        let committed = rd.take_committed_entries();
+        self.apply_committed(id, committed);
+        Some(rd)
+    }
+
+    /// Step 3: one sync per touched log. Runs where blocking is allowed: on
+    /// a multi-threaded runtime the worker hands its other tasks off first.
+    fn sync_all(&mut self, readies: &mut Vec<(u64, raft::Ready)>) {
+        let logs: Vec<(u64, RaftLog)> = readies
+            .iter()
+            .filter_map(|(id, _)| self.groups.get(id).map(|g| (*id, g.log.clone())))
+            .collect();
+        let results = blocking(|| {
+            logs.iter()
+                .map(|(id, log)| (*id, log.sync()))
+                .collect::<Vec<_>>()
+        });
+        for (id, r) in results {
+            if let Err(e) = r {
+                self.fail_group(id, e.to_string());
+            }
+        }
+        readies.retain(|(id, _)| self.groups.get(id).is_some_and(|g| g.failed.is_none()));
+    }
+
+    /// Step 4: everything after the group commit.
+    fn finish_ready(&mut self, id: u64, rd: raft::Ready) {
+        let Some(g) = self.groups.get_mut(&id) else {
+            return;
+        };
+        let persisted = rd.persisted_messages().to_vec();
+        queue(&mut self.outbox, id, persisted);
+        let mut light = g.node.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            g.log.set_commit(commit);
+        }
+        queue(&mut self.outbox, id, light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply_committed(id, committed);
+        let Some(g) = self.groups.get_mut(&id) else {
+            return;
+        };
+        g.node.advance_apply();
+        answer_persisted(g);
+        self.observe(id);
+    }
+
+    /// Answers acks=all writers and feeds the state machine.
+    fn apply_committed(&mut self, id: u64, entries: Vec<Entry>) {
+        let Some(g) = self.groups.get_mut(&id) else {
+            return;
+        };
+        for e in entries {
+            // The state machine first, so that whoever is answered next sees
+            // the effect of its command.
+            if let Some(apply) = g.apply.as_mut() {
+                if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                    match RecordBatch::parse(e.data.clone(), usize::MAX) {
+                        Ok(batch) => apply.apply(e.index, &batch),
+                        Err(err) => slog::error!(self.logger, "undecodable committed entry";
+                            "group" => id, "index" => e.index, "error" => %err),
+                    }
+                }
+            }
+            if let Some(w) = g.waiting_commit.remove(&e.index) {
+                let result = if w.term == e.term {
+                    base_offset(&g.log, e.index)
+                } else {
+                    Err(ProposeError::NotLeader {
+                        leader: g.node.raft.leader_id,
+                    })
+                };
+                let _ = w.reply.send(result);
+            }
+            // Writers waiting on entries this commit overtook can no longer
+            // be answered with their own entry: it was replaced.
+            while let Some((&index, _)) = g.waiting_commit.first_key_value() {
+                if index > e.index {
+                    break;
+                }
+                if let Some(w) = g.waiting_commit.remove(&index) {
+                    let _ = w.reply.send(Err(ProposeError::NotLeader { leader: 0 }));
+                }
+            }
+        }
+    }
+
+    /// Stops groups whose log failed a read that raft-rs was told was only
+    /// temporarily unavailable (damage on disk must not be replicated or
+    /// retried forever).
+    fn check_read_errors(&mut self) {
+        let failed: Vec<(u64, String)> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.failed.is_none())
+            .filter_map(|(id, g)| g.log.take_read_error().map(|e| (*id, e.to_string())))
+            .collect();
+        for (id, cause) in failed {
+            self.fail_group(id, cause);
+        }
+    }
+
+    fn fail_group(&mut self, id: u64, cause: String) {
+        slog::error!(self.logger, "partition log failed; the replica stops here";
+            "group" => id, "error" => &cause);
+        if let Some(g) = self.groups.get_mut(&id) {
+            fail_waiters(g, &ProposeError::Storage(cause.clone()));
+            g.failed = Some(cause);
+        }
+    }
+
+    /// Publishes every group's status and bumps the change counter if any
+    /// high watermark moved.
+    fn publish_status(&mut self) {
+        let mut moved = false;
+        let mut board = lock(&self.board);
+        for (id, g) in self.groups.iter_mut() {
+            let status = status_of(g);
+            if status != g.status {
+                moved |= status.high_watermark != g.status.high_watermark
+                    || status.leader != g.status.leader;
+                board.insert(*id, status.clone());
+                g.status = status;
+            }
+        }
+        drop(board);
+        if moved {
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        for (to, messages) in std::mem::take(&mut self.outbox) {
+            self.outbound.send(to, messages);
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for g in self.groups.values_mut() {
+            fail_waiters(g, &ProposeError::ShuttingDown);
+            let _ = g.log.sync();
+            let _ = g.log.flush_commit();
+        }
+    }
+}
+
+fn status_of(g: &Group) -> GroupStatus {
+    let raft = &g.node.raft;
+    let commit = raft.raft_log.committed;
+    let high_watermark = g
+        .log
+        .high_watermark_offset(commit)
+        .unwrap_or(g.status.high_watermark);
+    let is_leader = raft.state == StateRole::Leader;
+    let in_sync = if is_leader {
+        let last = raft.raft_log.last_index();
+        let mut ids: Vec<u64> = raft
+            .prs()
+            .iter()
+            .filter(|(id, p)| **id == raft.id || (p.matched == last && p.recent_active))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    } else {
+        Vec::new()
+    };
+    GroupStatus {
+        leader: raft.leader_id,
+        term: raft.term,
+        is_leader,
+        high_watermark,
+        commit,
+        failed: g.failed.clone(),
+        in_sync,
+    }
+}
+
+/// The base offset of entry `index`: the offset after the entry before it.
+fn base_offset(log: &RaftLog, index: u64) -> ProposeResult {
+    log.high_watermark_offset(index - 1)
+        .map_err(|e| ProposeError::Storage(e.to_string()))
+}
+
+/// Answers acks=1 writers whose entries are now durable on this leader.
+fn answer_persisted(g: &mut Group) {
+    let persisted = g.node.raft.raft_log.persisted;
+    while let Some((index, _)) = g.waiting_persist.front() {
+        if *index > persisted {
+            break;
+        }
+        let Some((index, w)) = g.waiting_persist.pop_front() else {
+            break;
+        };
+        let same_entry = g.node.raft.raft_log.term(index).ok() == Some(w.term);
+        let result = if same_entry {
+            base_offset(&g.log, index)
+        } else {
+            Err(ProposeError::NotLeader { leader: 0 })
+        };
+        let _ = w.reply.send(result);
+    }
+}
+
+fn fail_waiters(g: &mut Group, e: &ProposeError) {
+    for (_, w) in std::mem::take(&mut g.waiting_commit) {
+        let _ = w.reply.send(Err(e.clone()));
+    }
+    for (_, w) in g.waiting_persist.drain(..) {
+        let _ = w.reply.send(Err(e.clone()));
+    }
+}
+
+fn reply(to: Option<oneshot::Sender<ProposeResult>>, result: ProposeResult) {
+    if let Some(to) = to {
+        let _ = to.send(result);
+    }
+}
+
+fn queue(outbox: &mut BTreeMap<u64, Vec<(u64, Message)>>, group: u64, messages: Vec<Message>) {
+    for m in messages {
+        outbox.entry(m.to).or_default().push((group, m));
+    }
+}
+
+/// Runs blocking disk work: on a multi-threaded runtime via
+/// `block_in_place` (other tasks move to other workers meanwhile); on a
+/// current-thread runtime (turmoil, tests) directly.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}

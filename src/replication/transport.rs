@@ -1,0 +1,332 @@
+//! Raft messages between brokers: one outgoing link per peer broker, each a
+//! task with a bounded queue that coalesces whatever is queued into one
+//! `RaftBatch` frame (messages of many groups, one frame), and one reader
+//! task per incoming connection that hands batches to the driver.
+//!
+//! Links never block the driver: a full queue drops the messages, and Raft
+//! resends what matters (appends are retried, heartbeats recur). A link
+//! that cannot connect drops what it holds and retries with backoff.
+
+use super::driver::{Input, Outbound};
+use crate::io::frame::{self, FrameReader};
+use crate::io::net::{BoxStream, Listener, NetworkRef};
+use crate::proto::{peer_message, GroupMessage, PeerMessage, RaftBatch};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use slog::Logger;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Batches queued per peer link before messages are dropped.
+pub const LINK_QUEUE_LEN: usize = 256;
+/// Messages coalesced into one frame at most.
+const MESSAGES_PER_FRAME_MAX: usize = 4096;
+const BACKOFF_MS_MIN: u64 = 50;
+const BACKOFF_MS_MAX: u64 = 1000;
+
+/// A task the caller spawns (and aborts when the broker stops).
+pub type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Controller proposals that arrive from peers, for the controller.
+pub type ProposeSink = mpsc::Sender<crate::proto::ControllerCommand>;
+
+/// What a link carries: Raft messages (coalesced with others queued), or
+/// a ready peer message (controller proposals, leader reports).
+pub enum LinkItem {
+    Raft(Vec<(u64, Message)>),
+    Peer(PeerMessage),
+}
+
+/// The way out to every peer broker: a bounded queue per link. Cloning
+/// shares the links.
+#[derive(Clone, Debug, Default)]
+pub struct PeerLinks {
+    queues: BTreeMap<u64, mpsc::Sender<LinkItem>>,
+}
+
+impl PeerLinks {
+    /// Queues `item` for broker `to`; false if dropped (queue full or no
+    /// such peer).
+    pub fn send(&self, to: u64, item: LinkItem) -> bool {
+        self.queues
+            .get(&to)
+            .is_some_and(|q| q.try_send(item).is_ok())
+    }
+
+    /// The peers this broker has links to.
+    pub fn peers(&self) -> impl Iterator<Item = u64> + '_ {
+        self.queues.keys().copied()
+    }
+}
+
+/// The driver's side of the links.
+pub struct RaftOutbound {
+    pub links: PeerLinks,
+    /// Batches dropped because a link's queue was full or unknown.
+    pub dropped: u64,
+}
+
+impl Outbound for RaftOutbound {
+    fn send(&mut self, to: u64, messages: Vec<(u64, Message)>) {
+        if !self.links.send(to, LinkItem::Raft(messages)) {
+            self.dropped += 1;
+        }
+    }
+}
+
+/// What this broker has heard from its peers: when each last spoke (for
+/// liveness) and who leads which group (for metadata).
+#[derive(Clone, Debug, Default)]
+pub struct PeerView {
+    inner: Arc<Mutex<PeerViewInner>>,
+}
+
+#[derive(Debug, Default)]
+struct PeerViewInner {
+    heard: BTreeMap<u64, Instant>,
+    leaders: BTreeMap<u64, (u64, u64)>,
+}
+
+impl PeerView {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PeerViewInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn heard_from(&self, broker: u64) {
+        self.lock().heard.insert(broker, Instant::now());
+    }
+
+    /// Brokers heard from within `window`.
+    pub fn live(&self, window: Duration) -> Vec<u64> {
+        let now = Instant::now();
+        self.lock()
+            .heard
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) <= window)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Records a leader report, keeping the newest term per group.
+    pub fn note_leader(&self, group: u64, leader: u64, term: u64) {
+        let mut inner = self.lock();
+        let entry = inner.leaders.entry(group).or_insert((leader, term));
+        if term >= entry.1 {
+            *entry = (leader, term);
+        }
+    }
+
+    /// The leader of `group` by the newest report (0 if none).
+    pub fn leader_of(&self, group: u64) -> (u64, u64) {
+        self.lock().leaders.get(&group).copied().unwrap_or((0, 0))
+    }
+}
+
+/// One link per peer (`peers` maps broker id to peer address; this
+/// broker's own entry is skipped): the handle to queue messages, and the
+/// link tasks for the caller to spawn (and abort when it stops).
+pub fn start_links(
+    net: NetworkRef,
+    self_id: u64,
+    peers: &BTreeMap<u64, String>,
+    logger: &Logger,
+) -> (PeerLinks, Vec<Task>) {
+    let mut queues = BTreeMap::new();
+    let mut tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+        Vec::new();
+    for (&id, addr) in peers.iter().filter(|(id, _)| **id != self_id) {
+        let (tx, rx) = mpsc::channel::<LinkItem>(LINK_QUEUE_LEN);
+        queues.insert(id, tx);
+        let link = Link {
+            net: net.clone(),
+            self_id,
+            addr: addr.clone(),
+            logger: logger.new(slog::o!("peer" => id)),
+        };
+        tasks.push(Box::pin(link.run(rx)));
+    }
+    (PeerLinks { queues }, tasks)
+}
+
+struct Link {
+    net: NetworkRef,
+    self_id: u64,
+    addr: String,
+    logger: Logger,
+}
+
+impl Link {
+    async fn run(self, mut rx: mpsc::Receiver<LinkItem>) {
+        let mut conn: Option<BoxStream> = None;
+        let mut backoff_ms = BACKOFF_MS_MIN;
+        while let Some(item) = rx.recv().await {
+            let frame = match item {
+                LinkItem::Raft(first) => self.coalesce(first, &mut rx),
+                LinkItem::Peer(m) => m,
+            };
+            if conn.is_none() {
+                match self.net.connect(&self.addr).await {
+                    Ok(s) => {
+                        conn = Some(s);
+                        backoff_ms = BACKOFF_MS_MIN;
+                    }
+                    Err(e) => {
+                        slog::debug!(self.logger, "peer unreachable"; "addr" => &self.addr, "error" => %e);
+                        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                        backoff_ms = (backoff_ms * 2).min(BACKOFF_MS_MAX);
+                        continue;
+                    }
+                }
+            }
+            let Some(stream) = conn.as_mut() else {
+                continue;
+            };
+            if let Err(e) = frame::write_message(stream, &frame).await {
+                slog::debug!(self.logger, "peer link broke"; "error" => %e);
+                conn = None;
+            }
+        }
+    }
+
+    /// One frame of the Raft messages queued, up to the frame limit. Stops
+    /// at the first item that is not Raft messages: that one is dropped
+    /// (leader reports recur; proposals are retried by their senders).
+    fn coalesce(
+        &self,
+        first: Vec<(u64, Message)>,
+        rx: &mut mpsc::Receiver<LinkItem>,
+    ) -> PeerMessage {
+        let mut messages: Vec<GroupMessage> = Vec::with_capacity(first.len());
+        let push = |batch: Vec<(u64, Message)>, out: &mut Vec<GroupMessage>| {
+            for (group, m) in batch {
+                match m.write_to_bytes() {
+                    Ok(bytes) => out.push(GroupMessage {
+                        group,
+                        message: bytes.into(),
+                    }),
+                    Err(e) => {
+                        slog::error!(self.logger, "cannot encode Raft message"; "error" => %e)
+                    }
+                }
+            }
+        };
+        push(first, &mut messages);
+        while messages.len() < MESSAGES_PER_FRAME_MAX {
+            match rx.try_recv() {
+                Ok(LinkItem::Raft(batch)) => push(batch, &mut messages),
+                _ => break,
+            }
+        }
+        PeerMessage {
+            from: self.self_id,
+            body: Some(peer_message::Body::Raft(RaftBatch { messages })),
+        }
+    }
+}
+
+/// Accepts peer connections and feeds what they carry to the driver and
+/// the controller. Runs until the listener fails.
+pub async fn serve_peers(
+    mut listener: Box<dyn Listener>,
+    driver: mpsc::Sender<Input>,
+    proposals: ProposeSink,
+    view: PeerView,
+    logger: Logger,
+) {
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                slog::warn!(logger, "peer accept failed"; "error" => %e);
+                tokio::time::sleep(Duration::from_millis(BACKOFF_MS_MIN)).await;
+                continue;
+            }
+        };
+        let log = logger.new(slog::o!("remote" => addr));
+        let peer = PeerReader {
+            driver: driver.clone(),
+            proposals: proposals.clone(),
+            view: view.clone(),
+            logger: log,
+        };
+        tokio::spawn(peer.run(stream));
+    }
+}
+
+/// Reads one peer connection until it closes or sends garbage.
+struct PeerReader {
+    driver: mpsc::Sender<Input>,
+    proposals: ProposeSink,
+    view: PeerView,
+    logger: Logger,
+}
+
+impl PeerReader {
+    async fn run(self, stream: BoxStream) {
+        let mut reader = FrameReader::new(stream);
+        loop {
+            let msg: PeerMessage = match reader.read_frame().await {
+                Ok(Some(bytes)) => match frame::decode_message(bytes) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        slog::warn!(self.logger, "closing peer connection: bad frame"; "error" => %e);
+                        return;
+                    }
+                },
+                Ok(None) => return,
+                Err(e) => {
+                    slog::warn!(self.logger, "closing peer connection"; "error" => %e);
+                    return;
+                }
+            };
+            if !self.handle(msg).await {
+                return;
+            }
+        }
+    }
+
+    /// Dispatches one message; false once the driver is gone.
+    async fn handle(&self, msg: PeerMessage) -> bool {
+        self.view.heard_from(msg.from);
+        match msg.body {
+            Some(peer_message::Body::Raft(batch)) => {
+                let messages = decode_raft(msg.from, batch, &self.logger);
+                let input = Input::Raft {
+                    from: msg.from,
+                    messages,
+                };
+                self.driver.send(input).await.is_ok()
+            }
+            Some(peer_message::Body::Propose(p)) => {
+                // Full queue: dropped; the proposer retries until it sees
+                // the effect in the metadata.
+                if let Some(cmd) = p.command {
+                    let _ = self.proposals.try_send(cmd);
+                }
+                true
+            }
+            Some(peer_message::Body::Leaders(report)) => {
+                for g in report.groups {
+                    self.view.note_leader(g.group, g.leader, g.term);
+                }
+                true
+            }
+            None => true,
+        }
+    }
+}
+
+fn decode_raft(from: u64, batch: RaftBatch, logger: &Logger) -> Vec<(u64, Message)> {
+    let mut out = Vec::with_capacity(batch.messages.len());
+    for gm in batch.messages {
+        match Message::parse_from_bytes(&gm.message) {
+            Ok(m) if m.from == from => out.push((gm.group, m)),
+            Ok(_) => slog::warn!(logger, "dropping Raft message that claims another sender"),
+            Err(e) => slog::warn!(logger, "dropping undecodable Raft message"; "error" => %e),
+        }
+    }
+    out
+}

@@ -1,0 +1,305 @@
+//! An in-process cluster of brokers on loopback TCP with temporary data
+//! directories, and a small admin/produce/fetch client for tests.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use weir::broker::{self, BrokerConfig, Running, Seams};
+use weir::client::Connection;
+use weir::io::net::{NetworkRef, TcpNetwork};
+use weir::io::{RealDisk, TokioClock};
+use weir::proto::client_request::Body as Req;
+use weir::proto::client_response::Body as Resp;
+use weir::proto::*;
+use weir::types::{BatchBuilder, Event, RecordBatch};
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+/// Free loopback ports (bound and released; a race with other processes is
+/// possible but unlikely).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+pub struct Cluster {
+    pub dirs: tempfile::TempDir,
+    pub configs: BTreeMap<u64, BrokerConfig>,
+    pub running: BTreeMap<u64, Running>,
+    pub net: NetworkRef,
+}
+
+impl Cluster {
+    pub async fn start(n: u64) -> Cluster {
+        let dirs = tempfile::tempdir().unwrap();
+        let ports = free_ports(2 * n as usize);
+        let peers: BTreeMap<u64, String> = (1..=n)
+            .map(|id| (id, format!("127.0.0.1:{}", ports[(n + id - 1) as usize])))
+            .collect();
+        let mut configs = BTreeMap::new();
+        for id in 1..=n {
+            let listen = format!("127.0.0.1:{}", ports[(id - 1) as usize]);
+            let mut c = BrokerConfig::single(
+                id,
+                dirs.path().join(format!("broker-{id}")),
+                &listen,
+                &peers[&id],
+            );
+            c.peers = peers.clone();
+            c.driver.tick_ms = 20;
+            configs.insert(id, c);
+        }
+        let net: NetworkRef = Arc::new(TcpNetwork::default());
+        let mut cluster = Cluster {
+            dirs,
+            configs,
+            running: BTreeMap::new(),
+            net,
+        };
+        for id in 1..=n {
+            cluster.start_broker(id).await;
+        }
+        cluster
+    }
+
+    pub async fn start_broker(&mut self, id: u64) {
+        let seams = Seams {
+            disk: Arc::new(RealDisk),
+            net: self.net.clone(),
+            clock: Arc::new(TokioClock::from_system_time()),
+            logger: logger(),
+        };
+        let running = broker::start(self.configs[&id].clone(), seams)
+            .await
+            .expect("broker starts");
+        self.running.insert(id, running);
+    }
+
+    pub fn kill(&mut self, id: u64) {
+        if let Some(r) = self.running.remove(&id) {
+            r.kill();
+        }
+    }
+
+    pub fn client_addr(&self, id: u64) -> String {
+        self.configs[&id].listen.clone()
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.configs[&id].data_dir.clone()
+    }
+
+    pub async fn connect(&self, id: u64) -> Connection {
+        Connection::connect(&self.net, &self.client_addr(id))
+            .await
+            .expect("connect")
+    }
+
+    /// Some running broker's connection.
+    pub async fn any(&self) -> Connection {
+        let id = *self.running.keys().next().expect("a running broker");
+        self.connect(id).await
+    }
+}
+
+pub async fn call(c: &Connection, body: Req) -> Resp {
+    let resp = c.request(body, TIMEOUT).await.expect("response");
+    assert!(resp.error.is_none(), "request failed: {:?}", resp.error);
+    resp.body.expect("response body")
+}
+
+/// Polls `f` every 50 ms until it returns Some, for at most `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every running broker is registered and live, and returns
+/// the controller id.
+pub async fn wait_for_cluster(cluster: &Cluster) -> u64 {
+    let n = cluster.running.len();
+    eventually(20, "the cluster to form", || async {
+        let c = cluster.any().await;
+        match c
+            .request(Req::DescribeCluster(DescribeClusterRequest {}), TIMEOUT)
+            .await
+            .ok()?
+            .body?
+        {
+            Resp::DescribeCluster(d)
+                if d.controller_id != 0 && d.brokers.iter().filter(|b| b.live).count() >= n =>
+            {
+                Some(d.controller_id)
+            }
+            _ => None,
+        }
+    })
+    .await
+}
+
+/// Sends an admin request to the controller, retrying while it moves.
+pub async fn admin(cluster: &Cluster, body: Req) -> AdminResponse {
+    eventually(20, "an admin answer", || {
+        let body = body.clone();
+        async move {
+            for id in cluster.running.keys() {
+                let c = cluster.connect(*id).await;
+                if let Ok(resp) = c.request(body.clone(), TIMEOUT).await {
+                    if let Some(Resp::Admin(a)) = resp.body {
+                        let code = a.error.as_ref().map(|e| e.code).unwrap_or(0);
+                        if code != ErrorCode::NotController as i32
+                            && code != ErrorCode::LeaderNotAvailable as i32
+                        {
+                            return Some(a);
+                        }
+                    }
+                }
+            }
+            None
+        }
+    })
+    .await
+}
+
+pub fn create(name: &str, partitions: u32, rf: u32) -> Req {
+    Req::CreateTopic(CreateTopicRequest {
+        name: name.into(),
+        partitions,
+        replication_factor: rf,
+        configs: Default::default(),
+    })
+}
+
+/// The leader of each partition of `topic`, once all have one.
+pub async fn leaders(cluster: &Cluster, topic: &str, partitions: u32) -> Vec<u64> {
+    eventually(20, "partition leaders", || async {
+        let c = cluster.any().await;
+        let Resp::Metadata(m) = c
+            .request(
+                Req::Metadata(MetadataRequest {
+                    topics: vec![topic.into()],
+                }),
+                TIMEOUT,
+            )
+            .await
+            .ok()?
+            .body?
+        else {
+            return None;
+        };
+        let t = m.topics.first()?;
+        let leaders: Vec<u64> = t.partitions.iter().map(|p| p.leader_id).collect();
+        let live: Vec<u64> = cluster.running.keys().copied().collect();
+        (leaders.len() == partitions as usize && leaders.iter().all(|l| live.contains(l)))
+            .then_some(leaders)
+    })
+    .await
+}
+
+pub fn batch_of(events: &[Event]) -> RecordBatch {
+    let mut b = BatchBuilder::new();
+    for e in events {
+        b.push(e);
+    }
+    b.build()
+}
+
+pub fn event(key: &str, value: &str) -> Event {
+    Event {
+        key: Some(Bytes::from(key.to_string())),
+        value: Some(Bytes::from(value.to_string())),
+        timestamp_ms: 1_700_000_000_000,
+        headers: vec![],
+    }
+}
+
+pub async fn produce(
+    c: &Connection,
+    topic: &str,
+    partition: u32,
+    batch: &RecordBatch,
+    acks: Acks,
+) -> ProduceResponse {
+    let req = Req::Produce(ProduceRequest {
+        topic: topic.into(),
+        partition,
+        acks: acks as i32,
+        batch: batch.as_bytes().clone(),
+        timeout_ms: 5000,
+    });
+    match c.request(req, TIMEOUT).await {
+        Ok(ClientResponse {
+            body: Some(Resp::Produce(p)),
+            ..
+        }) => p,
+        other => panic!("produce got {other:?}"),
+    }
+}
+
+/// Fetches every committed record of a partition from its leader.
+pub async fn read_all(c: &Connection, topic: &str, partition: u32) -> Vec<weir::types::Record> {
+    let mut out = Vec::new();
+    let mut offset = 0i64;
+    loop {
+        let req = Req::Fetch(FetchRequest {
+            partitions: vec![FetchPartition {
+                topic: topic.into(),
+                partition,
+                offset,
+                max_bytes: 1 << 20,
+            }],
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 1 << 20,
+        });
+        let Resp::Fetch(f) = call(c, req).await else {
+            panic!("not a fetch response")
+        };
+        let p = &f.partitions[0];
+        assert!(p.error.is_none(), "fetch failed: {:?}", p.error);
+        let mut bytes = p.records.clone();
+        if bytes.is_empty() {
+            return out;
+        }
+        while !bytes.is_empty() {
+            let h = weir::types::BatchHeader::parse(&bytes, usize::MAX).unwrap();
+            let batch = RecordBatch::parse(bytes.split_to(h.size_bytes()), usize::MAX).unwrap();
+            if !batch.is_control() {
+                out.extend(
+                    batch
+                        .records()
+                        .unwrap()
+                        .into_iter()
+                        .filter(|r| r.offset >= offset),
+                );
+            }
+            offset = batch.next_offset();
+        }
+    }
+}

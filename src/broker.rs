@@ -127,9 +127,14 @@ pub async fn run(
     Ok(())
 }
 
+/// How long a graceful stop waits for in-flight client requests.
+const DRAIN_MS: u64 = 5_000;
+
 /// A started broker.
 pub struct Running {
     tasks: JoinSet<()>,
+    server: tokio::task::JoinHandle<()>,
+    stop_serving: tokio::sync::watch::Sender<bool>,
     driver: tokio::sync::mpsc::Sender<Input>,
     pub board: StatusBoard,
     pub metadata: Metadata,
@@ -139,7 +144,13 @@ pub struct Running {
 impl Running {
     /// Graceful stop: no new requests, every log synced.
     pub async fn stop(mut self) {
-        // Stop taking requests first, then let the driver sync and stop.
+        // Stop taking requests and let those already read finish (bounded),
+        // then stop everything else and let the driver sync and stop.
+        let _ = self.stop_serving.send(true);
+        let drained = tokio::time::timeout(Duration::from_millis(DRAIN_MS), &mut self.server).await;
+        if drained.is_err() {
+            self.server.abort();
+        }
         self.tasks.abort_all();
         let (done, wait) = oneshot::channel();
         if self.driver.send(Input::Shutdown { done }).await.is_ok() {
@@ -150,6 +161,7 @@ impl Running {
 
     /// Abrupt stop (for tests): every task dropped, nothing synced.
     pub fn kill(mut self) {
+        self.server.abort();
         self.tasks.abort_all();
     }
 }
@@ -183,8 +195,17 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
         ))
     })?;
     let mut tasks = JoinSet::new();
-    let (links, link_tasks) =
-        transport::start_links(net.clone(), config.id, &config.peers, &logger);
+    // Distinct per start of this broker: peers reconnect when it changes.
+    let incarnation = clock.now_ms().max(1) as u64;
+    let view = PeerView::default();
+    let (links, link_tasks) = transport::start_links(
+        net.clone(),
+        config.id,
+        incarnation,
+        &config.peers,
+        &view,
+        &logger,
+    );
     for t in link_tasks {
         tasks.spawn(t);
     }
@@ -204,7 +225,6 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
     let metadata = Metadata::default();
     add_controller_group(&config, &disk, &clock, &metadata, &driver_tx, &logger).await?;
 
-    let view = PeerView::default();
     let (proposals_tx, proposals_rx) = tokio::sync::mpsc::channel(64);
     tasks.spawn(transport::serve_peers(
         peer_listener,
@@ -222,6 +242,8 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
         driver_tx.clone(),
         clock.clone(),
     );
+    let mut controller = controller;
+    controller.incarnation = incarnation;
     tasks.spawn(controller.clone().serve_forwarded(proposals_rx));
     let advertised = config
         .advertised_listen
@@ -232,7 +254,12 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
             .clone()
             .keep_registered(advertised, config.peer_listen.clone()),
     );
-    tasks.spawn(report_leaders(config.id, board.clone(), links.clone()));
+    tasks.spawn(report_leaders(
+        config.id,
+        incarnation,
+        board.clone(),
+        links.clone(),
+    ));
 
     let replicas = Replicas::default();
     let mut backend = Backend::new(
@@ -259,15 +286,19 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
         auto_create_topics: config.auto_create_topics,
         logger: logger.clone(),
     });
-    tasks.spawn(server::serve_clients(
+    let (stop_serving, serving) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server::serve_clients(
         client_listener,
         services,
         config.limits,
+        serving,
     ));
     slog::info!(logger, "broker started"; "clients" => &config.listen, "peers" => &config.peer_listen,
         "data_dir" => %config.data_dir.display());
     Ok(Running {
         tasks,
+        server,
+        stop_serving,
         driver: driver_tx,
         board,
         metadata,
@@ -329,7 +360,7 @@ async fn add_controller_group(
 }
 
 /// Tells every peer, now and then, which groups this broker leads.
-async fn report_leaders(self_id: u64, board: StatusBoard, links: PeerLinks) {
+async fn report_leaders(self_id: u64, incarnation: u64, board: StatusBoard, links: PeerLinks) {
     let mut every = tokio::time::interval(Duration::from_millis(LEADER_REPORT_MS));
     loop {
         every.tick().await;
@@ -346,6 +377,7 @@ async fn report_leaders(self_id: u64, board: StatusBoard, links: PeerLinks) {
         for peer in peers {
             let msg = PeerMessage {
                 from: self_id,
+                incarnation,
                 body: Some(peer_message::Body::Leaders(LeaderReport {
                     groups: groups.clone(),
                 })),

@@ -16,8 +16,10 @@
 //! - [`server`]: client connections and request handlers.
 //! - [`broker`]: wires it all together on injected seams.
 //! - [`client`]: the native client.
+//! - [`cli`]: what the `weir` command runs (the broker, logging).
 
 pub mod broker;
+pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod io;

@@ -4,10 +4,25 @@
 //! - [`disk`]: [`SimDisk`], Weir's `Disk` on turmoil's per-host simulated
 //!   filesystem, which loses unsynced data when a host crashes. Wrap it in
 //!   `weir::io::FaultyDisk` to inject errors as well.
+//! - [`net`]: [`SimNetwork`], Weir's `Network` on turmoil's simulated TCP.
 //! - [`log_model`]: the partition log checked against an in-memory model,
 //!   on any disk.
 
 pub mod disk;
 pub mod log_model;
+pub mod net;
 
 pub use disk::SimDisk;
+pub use net::SimNetwork;
+
+/// The epoch time simulated runs start at (2023-11-14T22:13:20Z), so that
+/// record timestamps and retention look like production's.
+pub const SIM_EPOCH_MS: i64 = 1_700_000_000_000;
+
+/// A broker clock for a turmoil host: the simulation's epoch plus the
+/// simulated time elapsed so far, advancing with tokio's (simulated) time.
+/// A host that restarts gets a later reading, as a real restart would.
+pub fn sim_clock() -> weir::io::TokioClock {
+    let elapsed_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as i64;
+    weir::io::TokioClock::starting_at(SIM_EPOCH_MS + elapsed_ms)
+}

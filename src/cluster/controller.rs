@@ -116,6 +116,8 @@ pub struct Controller {
     pub links: PeerLinks,
     pub driver: mpsc::Sender<Input>,
     pub clock: ClockRef,
+    /// This run of the broker, announced to peers.
+    pub incarnation: u64,
     admin: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -137,6 +139,7 @@ impl Controller {
             links,
             driver,
             clock,
+            incarnation: 0,
             admin: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -309,6 +312,7 @@ impl Controller {
             (leader, false) => {
                 let msg = PeerMessage {
                     from: self.self_id,
+                    incarnation: self.incarnation,
                     body: Some(peer_message::Body::Propose(ControllerPropose {
                         command: Some(cmd),
                     })),

@@ -88,11 +88,13 @@ pub async fn connect_within<S>(
 /// Names the address in a connect error; a refusal almost always means
 /// nothing listens there, so say so.
 fn connect_failed(addr: &str, e: io::Error) -> io::Error {
-    let hint = match e.kind() {
-        io::ErrorKind::ConnectionRefused => ": is the broker running?",
-        _ => "",
+    let text = match e.kind() {
+        io::ErrorKind::ConnectionRefused => {
+            format!("connect to {addr} refused ({e}): is the broker running?")
+        }
+        _ => format!("connect to {addr} failed: {e}"),
     };
-    io::Error::new(e.kind(), format!("connect to {addr} failed: {e}{hint}"))
+    io::Error::new(e.kind(), text)
 }
 
 /// Names the address in an error, keeping its kind so callers can still

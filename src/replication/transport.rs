@@ -26,6 +26,8 @@ pub const LINK_QUEUE_LEN: usize = 256;
 const MESSAGES_PER_FRAME_MAX: usize = 4096;
 const BACKOFF_MS_MIN: u64 = 50;
 const BACKOFF_MS_MAX: u64 = 1000;
+/// A write to a peer that takes longer than this drops the connection.
+const WRITE_TIMEOUT_MS: u64 = 2000;
 
 /// A task the caller spawns (and aborts when the broker stops).
 pub type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -87,6 +89,7 @@ pub struct PeerView {
 #[derive(Debug, Default)]
 struct PeerViewInner {
     heard: BTreeMap<u64, Instant>,
+    incarnations: BTreeMap<u64, u64>,
     leaders: BTreeMap<u64, (u64, u64)>,
 }
 
@@ -95,8 +98,21 @@ impl PeerView {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn heard_from(&self, broker: u64) {
-        self.lock().heard.insert(broker, Instant::now());
+    pub fn heard_from(&self, broker: u64, incarnation: u64) {
+        let mut inner = self.lock();
+        inner.heard.insert(broker, Instant::now());
+        let known = inner.incarnations.entry(broker).or_insert(incarnation);
+        *known = (*known).max(incarnation);
+    }
+
+    /// The newest incarnation of `broker` heard of (0: none yet).
+    pub fn incarnation(&self, broker: u64) -> u64 {
+        self.lock().incarnations.get(&broker).copied().unwrap_or(0)
+    }
+
+    /// When `broker` was last heard from.
+    pub fn last_heard(&self, broker: u64) -> Option<Instant> {
+        self.lock().heard.get(&broker).copied()
     }
 
     /// Brokers heard from within `window`.
@@ -131,7 +147,9 @@ impl PeerView {
 pub fn start_links(
     net: NetworkRef,
     self_id: u64,
+    incarnation: u64,
     peers: &BTreeMap<u64, String>,
+    view: &PeerView,
     logger: &Logger,
 ) -> (PeerLinks, Vec<Task>) {
     let mut queues = BTreeMap::new();
@@ -143,6 +161,9 @@ pub fn start_links(
         let link = Link {
             net: net.clone(),
             self_id,
+            incarnation,
+            peer: id,
+            view: view.clone(),
             addr: addr.clone(),
             logger: logger.new(slog::o!("peer" => id)),
         };
@@ -154,15 +175,29 @@ pub fn start_links(
 struct Link {
     net: NetworkRef,
     self_id: u64,
+    incarnation: u64,
+    peer: u64,
+    view: PeerView,
     addr: String,
     logger: Logger,
 }
 
 impl Link {
     async fn run(self, mut rx: mpsc::Receiver<LinkItem>) {
-        let mut conn: Option<BoxStream> = None;
+        // The connection, and the peer's incarnation when it was made.
+        let mut conn: Option<(BoxStream, u64)> = None;
         let mut backoff_ms = BACKOFF_MS_MIN;
         while let Some(item) = rx.recv().await {
+            // Links only write, so they notice a peer's restart by the new
+            // incarnation it announces on its own links to us: the old
+            // connection may be a black hole that never reports an error.
+            if conn
+                .as_ref()
+                .is_some_and(|(_, inc)| *inc != self.view.incarnation(self.peer))
+            {
+                slog::debug!(self.logger, "peer restarted; reconnecting");
+                conn = None;
+            }
             let frame = match item {
                 LinkItem::Raft(first) => self.coalesce(first, &mut rx),
                 LinkItem::Peer(m) => m,
@@ -170,7 +205,7 @@ impl Link {
             if conn.is_none() {
                 match self.net.connect(&self.addr).await {
                     Ok(s) => {
-                        conn = Some(s);
+                        conn = Some((s, self.view.incarnation(self.peer)));
                         backoff_ms = BACKOFF_MS_MIN;
                     }
                     Err(e) => {
@@ -181,12 +216,23 @@ impl Link {
                     }
                 }
             }
-            let Some(stream) = conn.as_mut() else {
+            let Some((stream, _)) = conn.as_mut() else {
                 continue;
             };
-            if let Err(e) = frame::write_message(stream, &frame).await {
-                slog::debug!(self.logger, "peer link broke"; "error" => %e);
-                conn = None;
+            // A write to a peer that stopped reading (dead, or behind a
+            // partition) blocks once the socket buffer is full: bound it,
+            // and start over on a fresh connection.
+            let timeout = Duration::from_millis(WRITE_TIMEOUT_MS);
+            match tokio::time::timeout(timeout, frame::write_message(stream, &frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    slog::debug!(self.logger, "peer link broke"; "error" => %e);
+                    conn = None;
+                }
+                Err(_) => {
+                    slog::debug!(self.logger, "peer link stalled; reconnecting");
+                    conn = None;
+                }
             }
         }
     }
@@ -222,6 +268,7 @@ impl Link {
         }
         PeerMessage {
             from: self.self_id,
+            incarnation: self.incarnation,
             body: Some(peer_message::Body::Raft(RaftBatch { messages })),
         }
     }
@@ -290,7 +337,7 @@ impl PeerReader {
 
     /// Dispatches one message; false once the driver is gone.
     async fn handle(&self, msg: PeerMessage) -> bool {
-        self.view.heard_from(msg.from);
+        self.view.heard_from(msg.from, msg.incarnation);
         match msg.body {
             Some(peer_message::Body::Raft(batch)) => {
                 let messages = decode_raft(msg.from, batch, &self.logger);

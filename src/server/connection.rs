@@ -10,10 +10,18 @@ use crate::io::frame::{self, FrameReader};
 use crate::io::net::BoxStream;
 use crate::proto::{ClientRequest, ClientResponse, Error, ErrorCode};
 use std::sync::Arc;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-pub async fn serve(stream: BoxStream, addr: String, services: Arc<Services>, limits: ServerLimits) {
+/// Serves one connection until the client closes it, sends garbage, or
+/// `shutdown` turns true (then requests already read still get answers).
+pub async fn serve(
+    stream: BoxStream,
+    addr: String,
+    services: Arc<Services>,
+    limits: ServerLimits,
+    shutdown: watch::Receiver<bool>,
+) {
     let (read_half, mut write_half) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<ClientResponse>(limits.in_flight_per_connection_max);
     let writer = async move {
@@ -23,7 +31,7 @@ pub async fn serve(stream: BoxStream, addr: String, services: Arc<Services>, lim
             }
         }
     };
-    let reader = read_requests(read_half, addr, services, limits, tx);
+    let reader = read_requests(read_half, addr, services, limits, tx, shutdown);
     // The reader ends on EOF or a bad frame; the writer then drains what the
     // handlers still send and ends when the last sender is gone.
     tokio::join!(reader, writer);
@@ -35,13 +43,21 @@ async fn read_requests(
     services: Arc<Services>,
     limits: ServerLimits,
     tx: mpsc::Sender<ClientResponse>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let mut reader = FrameReader::with_max_bytes(read_half, limits.frame_bytes_max);
     let in_flight = Arc::new(Semaphore::new(limits.in_flight_per_connection_max));
     let mut handlers = JoinSet::new();
     loop {
         while handlers.try_join_next().is_some() {}
-        let frame = match reader.read_frame().await {
+        // Reading a frame is cancel safe: stopping mid-frame loses nothing
+        // that matters, since the connection is closing.
+        let read = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            read = reader.read_frame() => read,
+        };
+        let frame = match read {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {

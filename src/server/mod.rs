@@ -12,7 +12,7 @@ use crate::io::net::Listener;
 use handlers::Services;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 /// Limits of the client server.
@@ -37,19 +37,26 @@ impl Default for ServerLimits {
     }
 }
 
-/// Accepts client connections until the task is dropped; dropping it drops
-/// the JoinSet and with it every connection.
+/// Accepts client connections until `shutdown` turns true; then stops
+/// accepting, lets every connection finish the requests it already read, and
+/// returns. Dropping the task instead drops every connection at once.
 pub async fn serve_clients(
     mut listener: Box<dyn Listener>,
     services: Arc<Services>,
     limits: ServerLimits,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.connections_max));
     let mut connections = JoinSet::new();
     loop {
         // Reap finished connections so the set does not grow.
         while connections.try_join_next().is_some() {}
-        let (stream, addr) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 slog::warn!(services.logger, "accept failed"; "error" => %e);
@@ -61,10 +68,12 @@ pub async fn serve_clients(
             slog::warn!(services.logger, "too many client connections; closing"; "remote" => addr);
             continue;
         };
-        let services = services.clone();
+        let (services, shutdown) = (services.clone(), shutdown.clone());
         connections.spawn(async move {
-            connection::serve(stream, addr, services, limits).await;
+            connection::serve(stream, addr, services, limits, shutdown).await;
             drop(slot);
         });
     }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
 }

@@ -8,6 +8,10 @@
 //!   fault-injecting wrapper.
 //! - [`storage`]: segments, indexes, the partition log, hard state.
 
+// DiskFile::len is a file's length, an io::Result, not a collection's size:
+// an is_empty beside it would mean nothing. Clippy 1.95 flags it; allowed
+// here until src/io (another engineer's) decides, rather than in that file.
+#[allow(clippy::len_without_is_empty)]
 pub mod io;
 pub mod storage;
 pub mod types;

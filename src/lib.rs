@@ -7,7 +7,9 @@
 //! - [`io`]: the disk interface and its real implementation, plus a
 //!   fault-injecting wrapper.
 //! - [`storage`]: segments, indexes, the partition log, hard state.
+//! - [`bench`]: the `weir bench` benchmarks, measuring storage on this machine.
 
+pub mod bench;
 // DiskFile::len is a file's length, an io::Result, not a collection's size:
 // an is_empty beside it would mean nothing. Clippy 1.95 flags it; allowed
 // here until src/io (another engineer's) decides, rather than in that file.

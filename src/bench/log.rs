@@ -10,15 +10,15 @@
 //!   `File::write_all` and `sync_data` after each, to a plain file in the
 //!   same directory: the ceiling the log is measured against.
 //! - **log read**: the log reopened and read back from offset 0 with
-//!   `PartitionLog::read` in chunks of at most 1 MiB.
+//!   `PartitionLog::read` in chunks of at most 1 MiB, four times.
 //! - **raw read**: the raw file read back with `std::io::Read` in 1 MiB
-//!   chunks.
+//!   chunks, four times.
 //!
 //! The two writers take turns batch by batch and the two readers chunk by
 //! chunk, so that both sides of a ratio see the disk in the same state (a
 //! virtual disk's latency drifts by several times within seconds).
 //!
-//! The page cache is dropped before the reads when the process may (root),
+//! The page cache is dropped before each read pass when the process may (root),
 //! so that they come from the disk; otherwise, or with `--warm-reads`, they
 //! come from the cache and the report says so. Each throughput reported is
 //! the median over the runs, each ratio the median of the runs' ratios.
@@ -47,6 +47,12 @@ pub const READ_CHUNK_BYTES: usize = MIB_BYTES as usize;
 /// before the clock starts, so that memory stays bounded whatever
 /// `--total-mb`.
 const CHUNK_BYTES: usize = 4 * MIB_BYTES as usize;
+
+/// Times each run reads both sides back. Reading takes milliseconds where
+/// writing with an fsync per batch takes seconds, and a single cold read of a
+/// few MiB from a virtual disk varies by half either way: several passes
+/// steady the figure at little cost.
+const READ_PASSES: u32 = 4;
 
 /// Largest accepted `--total-mb` (1 TiB): a bound that keeps byte counts far
 /// from overflow.
@@ -405,11 +411,19 @@ fn run_once(
     options: &RunOptions,
 ) -> Result<Run, BenchError> {
     let log_dir = dir.join(format!("log-{name}"));
-    let raw_path = dir.join(format!("raw-{name}"));
+    // The raw file gets a fresh directory of its own too, as the log's
+    // segment does, so that ext4 places both alike (a new directory's files
+    // may go to another block group). With the raw file in the parent
+    // directory, single configurations showed steady gaps of 15-25% in
+    // either direction, which this symmetry removed.
+    let raw_dir = dir.join(format!("raw-{name}"));
+    std::fs::create_dir(&raw_dir).map_err(context(format!("create {}", raw_dir.display())))?;
+    let raw_path = raw_dir.join("raw");
     let (log_append, raw_write) = time_writes(disk, &log_dir, &raw_path, config, options)?;
     let reads = time_reads(disk, &log_dir, &raw_path, config, options)?;
-    std::fs::remove_dir_all(&log_dir).map_err(context(format!("remove {}", log_dir.display())))?;
-    std::fs::remove_file(&raw_path).map_err(context(format!("remove {}", raw_path.display())))?;
+    for d in [&log_dir, &raw_dir] {
+        std::fs::remove_dir_all(d).map_err(context(format!("remove {}", d.display())))?;
+    }
     Ok(Run {
         log_append,
         raw_write,
@@ -503,7 +517,8 @@ struct Reads {
 }
 
 /// Reads the whole log from offset 0 with `PartitionLog::read` and the raw
-/// file with `Read::read`, a chunk of each in turn (which goes first
+/// file with `Read::read`, [`READ_PASSES`] times; returns the mean time of a
+/// pass. Within a pass the two take turns chunk by chunk (which goes first
 /// alternates), for the same reason writes are interleaved.
 fn time_reads(
     disk: &DiskRef,
@@ -514,47 +529,51 @@ fn time_reads(
 ) -> Result<Reads, BenchError> {
     let log = PartitionLog::open(disk.clone(), log_dir, log_config(), options.now_ms)
         .map_err(context(format!("reopen log in {}", log_dir.display())))?;
-    let mut raw = File::open(raw_path).map_err(context(format!("open {}", raw_path.display())))?;
-    // Dropped after opening: opening scans the active segment with CRC
-    // checks, which would otherwise leave it all in the cache. Everything was
-    // synced, so every page is clean and can go.
-    let page_cache_dropped = !options.warm_reads && drop_page_cache();
-    let mut log_reader = LogReader {
-        log: &log,
-        dir: log_dir,
-        records_per_batch: config.records_per_batch() as i64,
-        from: 0,
-        end: log.next_offset(),
-        read_bytes: 0,
-    };
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
-    let (mut raw_bytes, mut raw_done) = (0u64, false);
     let (mut log_elapsed, mut raw_elapsed) = (Duration::ZERO, Duration::ZERO);
-    let mut chunk_no = 0u64;
-    // Bounded: every pass either reads at least one byte from a side that is
-    // not done, or marks it done.
-    while !(raw_done && log_reader.done()) {
-        let log_first = chunk_no.is_multiple_of(2);
-        if log_first && !log_reader.done() {
-            log_elapsed += log_reader.next_chunk()?;
+    let mut page_cache_dropped = true;
+    for _ in 0..READ_PASSES {
+        let mut raw =
+            File::open(raw_path).map_err(context(format!("open {}", raw_path.display())))?;
+        // Dropped after opening: opening the log scans its active segment
+        // with CRC checks, which would otherwise leave it all in the cache.
+        // Everything was synced, so every page is clean and can go.
+        page_cache_dropped &= !options.warm_reads && drop_page_cache();
+        let mut log_reader = LogReader {
+            log: &log,
+            dir: log_dir,
+            records_per_batch: config.records_per_batch() as i64,
+            from: 0,
+            end: log.next_offset(),
+            read_bytes: 0,
+        };
+        let (mut raw_bytes, mut raw_done) = (0u64, false);
+        let mut chunk_no = 0u64;
+        // Bounded: every turn reads at least one byte from a side that is
+        // not done, or marks it done.
+        while !(raw_done && log_reader.done()) {
+            let log_first = chunk_no.is_multiple_of(2);
+            if log_first && !log_reader.done() {
+                log_elapsed += log_reader.next_chunk()?;
+            }
+            if !raw_done {
+                let start = Instant::now();
+                let n = read_some(&mut raw, &mut buf, raw_path)?;
+                raw_elapsed += start.elapsed();
+                raw_bytes += n as u64;
+                raw_done = n == 0;
+            }
+            if !log_first && !log_reader.done() {
+                log_elapsed += log_reader.next_chunk()?;
+            }
+            chunk_no += 1;
         }
-        if !raw_done {
-            let start = Instant::now();
-            let n = read_some(&mut raw, &mut buf, raw_path)?;
-            raw_elapsed += start.elapsed();
-            raw_bytes += n as u64;
-            raw_done = n == 0;
-        }
-        if !log_first && !log_reader.done() {
-            log_elapsed += log_reader.next_chunk()?;
-        }
-        chunk_no += 1;
+        check_read("log", log_reader.read_bytes, config)?;
+        check_read("raw file", raw_bytes, config)?;
     }
-    check_read("log", log_reader.read_bytes, config)?;
-    check_read("raw file", raw_bytes, config)?;
     Ok(Reads {
-        log: log_elapsed,
-        raw: raw_elapsed,
+        log: log_elapsed / READ_PASSES,
+        raw: raw_elapsed / READ_PASSES,
         page_cache_dropped,
     })
 }

@@ -14,9 +14,11 @@
 //! - **raw read**: the raw file read back with `std::io::Read` in 1 MiB
 //!   chunks, four times.
 //!
-//! The two writers take turns batch by batch and the two readers chunk by
-//! chunk, so that both sides of a ratio see the disk in the same state (a
-//! virtual disk's latency drifts by several times within seconds).
+//! The two writers take turns batch by batch, so that both sides of a ratio
+//! see the disk in the same state (a virtual disk's fsync latency drifts by
+//! several times within seconds). The readers cannot (readahead for one
+//! would overlap the other's timing): they take turns going first, pass by
+//! pass.
 //!
 //! The page cache is dropped before each read pass when the process may (root),
 //! so that they come from the disk; otherwise, or with `--warm-reads`, they
@@ -517,9 +519,13 @@ struct Reads {
 }
 
 /// Reads the whole log from offset 0 with `PartitionLog::read` and the raw
-/// file with `Read::read`, [`READ_PASSES`] times; returns the mean time of a
-/// pass. Within a pass the two take turns chunk by chunk (which goes first
-/// alternates), for the same reason writes are interleaved.
+/// file with `Read::read`, each [`READ_PASSES`] times, and returns the mean
+/// time of a pass.
+///
+/// Unlike writes, reads are not interleaved: the kernel's readahead for one
+/// file would keep running while the other is timed, so each would be
+/// charged for the other's I/O. Instead each side reads whole, from a cold
+/// cache, and the sides take turns going first from pass to pass.
 fn time_reads(
     disk: &DiskRef,
     log_dir: &Path,
@@ -527,49 +533,23 @@ fn time_reads(
     config: &Config,
     options: &RunOptions,
 ) -> Result<Reads, BenchError> {
+    // Opened before any cache is dropped: opening scans the active segment
+    // with CRC checks, which would otherwise leave it all in the cache.
     let log = PartitionLog::open(disk.clone(), log_dir, log_config(), options.now_ms)
         .map_err(context(format!("reopen log in {}", log_dir.display())))?;
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let (mut log_elapsed, mut raw_elapsed) = (Duration::ZERO, Duration::ZERO);
     let mut page_cache_dropped = true;
-    for _ in 0..READ_PASSES {
-        let mut raw =
-            File::open(raw_path).map_err(context(format!("open {}", raw_path.display())))?;
-        // Dropped after opening: opening the log scans its active segment
-        // with CRC checks, which would otherwise leave it all in the cache.
-        // Everything was synced, so every page is clean and can go.
-        page_cache_dropped &= !options.warm_reads && drop_page_cache();
-        let mut log_reader = LogReader {
-            log: &log,
-            dir: log_dir,
-            records_per_batch: config.records_per_batch() as i64,
-            from: 0,
-            end: log.next_offset(),
-            read_bytes: 0,
-        };
-        let (mut raw_bytes, mut raw_done) = (0u64, false);
-        let mut chunk_no = 0u64;
-        // Bounded: every turn reads at least one byte from a side that is
-        // not done, or marks it done.
-        while !(raw_done && log_reader.done()) {
-            let log_first = chunk_no.is_multiple_of(2);
-            if log_first && !log_reader.done() {
-                log_elapsed += log_reader.next_chunk()?;
+    for pass in 0..READ_PASSES {
+        for log_turn in [pass.is_multiple_of(2), !pass.is_multiple_of(2)] {
+            // Everything was synced, so every page is clean and can go.
+            page_cache_dropped &= !options.warm_reads && drop_page_cache();
+            if log_turn {
+                log_elapsed += time_log_read(&log, log_dir, config)?;
+            } else {
+                raw_elapsed += time_raw_read(raw_path, &mut buf, config)?;
             }
-            if !raw_done {
-                let start = Instant::now();
-                let n = read_some(&mut raw, &mut buf, raw_path)?;
-                raw_elapsed += start.elapsed();
-                raw_bytes += n as u64;
-                raw_done = n == 0;
-            }
-            if !log_first && !log_reader.done() {
-                log_elapsed += log_reader.next_chunk()?;
-            }
-            chunk_no += 1;
         }
-        check_read("log", log_reader.read_bytes, config)?;
-        check_read("raw file", raw_bytes, config)?;
     }
     Ok(Reads {
         log: log_elapsed / READ_PASSES,
@@ -578,49 +558,50 @@ fn time_reads(
     })
 }
 
-/// Reads a log front to back, a chunk at a time.
-struct LogReader<'a> {
-    log: &'a PartitionLog,
-    dir: &'a Path,
-    records_per_batch: i64,
-    from: i64,
-    end: i64,
-    read_bytes: u64,
-}
-
-impl LogReader<'_> {
-    fn done(&self) -> bool {
-        self.from >= self.end
-    }
-
-    /// Reads the next chunk of at most 1 MiB; returns the time it took.
-    fn next_chunk(&mut self) -> Result<Duration, BenchError> {
-        let start = Instant::now();
-        let fetched = self
-            .log
-            .read(self.from, READ_CHUNK_BYTES, i64::MAX)
-            .map_err(|e| {
-                BenchError(format!(
-                    "read log in {} at offset {}: {e}",
-                    self.dir.display(),
-                    self.from
-                ))
-            })?;
-        let elapsed = start.elapsed();
+/// Reads the whole log once, in chunks of at most 1 MiB.
+fn time_log_read(log: &PartitionLog, dir: &Path, config: &Config) -> Result<Duration, BenchError> {
+    let records_per_batch = config.records_per_batch() as i64;
+    let end = log.next_offset();
+    let (mut from, mut read_bytes) = (0i64, 0u64);
+    let start = Instant::now();
+    // Bounded: each read returns at least one batch (checked) and so moves
+    // `from` forward.
+    while from < end {
+        let fetched = log
+            .read(from, READ_CHUNK_BYTES, i64::MAX)
+            .map_err(|e| BenchError(format!("read log in {} at {from}: {e}", dir.display())))?;
         if fetched.batches == 0 {
             return Err(BenchError(format!(
-                "read log in {} at offset {} returned nothing before its end ({})",
-                self.dir.display(),
-                self.from,
-                self.end
+                "read log in {} at offset {from} returned nothing before its end ({end})",
+                dir.display()
             )));
         }
-        self.read_bytes += fetched.bytes.len() as u64;
+        read_bytes += fetched.bytes.len() as u64;
         // Every batch is a copy of the template, so it holds the same number
         // of records: the next offset needs no header parsing.
-        self.from += fetched.batches as i64 * self.records_per_batch;
-        Ok(elapsed)
+        from += fetched.batches as i64 * records_per_batch;
     }
+    let elapsed = start.elapsed();
+    check_read("log", read_bytes, config)?;
+    Ok(elapsed)
+}
+
+/// Reads the raw file once, in 1 MiB chunks into `buf`.
+fn time_raw_read(path: &Path, buf: &mut [u8], config: &Config) -> Result<Duration, BenchError> {
+    let mut file = File::open(path).map_err(context(format!("open {}", path.display())))?;
+    let mut read_bytes = 0u64;
+    let start = Instant::now();
+    // Bounded by the file's length: read returns 0 at the end.
+    loop {
+        let n = read_some(&mut file, buf, path)?;
+        if n == 0 {
+            break;
+        }
+        read_bytes += n as u64;
+    }
+    let elapsed = start.elapsed();
+    check_read("raw file", read_bytes, config)?;
+    Ok(elapsed)
 }
 
 /// One `read` into `buf`, retrying interrupts; 0 at the end of the file.

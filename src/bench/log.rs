@@ -93,7 +93,7 @@ pub struct LogArgs {
 
     /// MiB written per configuration and run (each of the log and the raw
     /// file gets this much).
-    #[arg(long, value_name = "MB", value_parser = parse_total_mb, default_value_t = 32)]
+    #[arg(long, value_name = "MB", value_parser = parse_total_mb, default_value_t = 16)]
     pub total_mb: u64,
 
     /// Runs per configuration; the median of each figure is reported.

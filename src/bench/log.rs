@@ -82,13 +82,13 @@ pub struct LogArgs {
 
     /// Sizes of each record's value in bytes, comma-separated.
     #[arg(long, value_name = "BYTES,...", value_delimiter = ',',
-          value_parser = parse_record_size, default_values_t = vec![100usize, 1024])]
+          value_parser = parse_record_size, default_value = "100,1024")]
     pub record_sizes: Vec<usize>,
 
     /// Target batch sizes in bytes, comma-separated: each batch holds as many
     /// records as fit. At least record size + 100, at most 1 MiB.
     #[arg(long, value_name = "BYTES,...", value_delimiter = ',',
-          value_parser = parse_batch_bytes, default_values_t = vec![4096usize, 16384, 65536])]
+          value_parser = parse_batch_bytes, default_value = "4096,16384,65536")]
     pub batch_bytes: Vec<usize>,
 
     /// MiB written per configuration and run (each of the log and the raw

@@ -17,7 +17,9 @@
 //! - [`broker`]: wires it all together on injected seams.
 //! - [`client`]: the native client.
 //! - [`cli`]: what the `weir` command runs (the broker, logging).
+//! - [`bench`]: the `weir bench` benchmarks, measuring storage on this machine.
 
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;

@@ -163,3 +163,38 @@ fn zeroed_tail_is_a_torn_write() {
     assert_eq!(log.torn_bytes_recovered(), 4096);
     assert_eq!(log.next_offset(), next_offset);
 }
+
+/// A full segment with the default index interval rolls: its index file
+/// (thousands of entries) is written and read back on reopen.
+#[test]
+fn large_index_files_seal_and_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let config = LogConfig {
+        segment_bytes: 8 * 1024 * 1024,
+        index_interval_bytes: 256,
+        ..LogConfig::default()
+    };
+    let mut log = PartitionLog::open(disk(), &dir, config.clone(), 0).unwrap();
+    let value = Bytes::from(vec![7u8; 900]);
+    for i in 1..=12_000u64 {
+        let mut b = BatchBuilder::new();
+        b.push(&Event {
+            value: Some(value.clone()),
+            ..Event::default()
+        });
+        log.append(b.build(), 1, i, 0).unwrap();
+    }
+    log.sync().unwrap();
+    assert!(log.segment_count() >= 2, "the log must have rolled");
+    let next = log.next_offset();
+    drop(log);
+    let index = segments(&dir)[0].with_extension("index");
+    assert!(
+        std::fs::metadata(&index).unwrap().len() > 64 * 1024,
+        "a large index file"
+    );
+    let log = PartitionLog::open(disk(), &dir, config, 0).unwrap();
+    assert_eq!(log.next_offset(), next);
+    assert_eq!(log.read(5000, 1, i64::MAX).unwrap().batches, 1);
+}

@@ -6,8 +6,10 @@ use super::{io_err, Result, StorageError};
 use crate::io::{read_exact_at, Disk, OpenMode};
 use std::path::Path;
 
-/// Largest atomic file: these hold a few fields, never data.
-const FILE_BYTES_MAX: u64 = 64 * 1024;
+/// Largest atomic file. Most hold a few fields; a sealed segment's index
+/// file holds its sparse index (20 bytes per entry, at most
+/// `INDEX_ENTRIES_MAX` of them, see `LogConfig::validate`).
+pub const FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Replaces `dir/name` with `body` plus a CRC-32C trailer, durably.
 pub fn write(disk: &dyn Disk, dir: &Path, name: &str, body: &[u8]) -> Result<()> {

@@ -21,6 +21,10 @@ pub struct LogConfig {
     pub max_batch_bytes: usize,
 }
 
+/// Sparse index entries per segment at most (20 bytes each, kept in memory
+/// and in the sealed segment's index file).
+pub const INDEX_ENTRIES_MAX: u64 = 2_000_000;
+
 /// Segments must stay addressable by the index's 32-bit positions.
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
 
@@ -51,6 +55,13 @@ impl LogConfig {
         }
         if self.index_interval_bytes == 0 {
             return Err("index.interval.bytes must be positive".into());
+        }
+        if self.segment_bytes / self.index_interval_bytes > INDEX_ENTRIES_MAX {
+            return Err(format!(
+                "index.interval.bytes {} is too small for segment.bytes {}: a segment's index \
+                 would exceed {INDEX_ENTRIES_MAX} entries; raise index.interval.bytes",
+                self.index_interval_bytes, self.segment_bytes
+            ));
         }
         if self.max_batch_bytes < 128 || self.max_batch_bytes as u64 > self.segment_bytes {
             return Err(format!(

@@ -6,8 +6,11 @@ use crate::io::DiskFile;
 use crate::types::record::{BatchHeader, HEADER_SIZE};
 use std::io;
 
-/// Bytes read from the file at a time while walking headers.
+/// Bytes read from the file at a time while validating whole batches.
 const WINDOW_BYTES: usize = 256 * 1024;
+/// Bytes read at a time while walking headers only (a lookup from a sparse
+/// index entry crosses about one index interval).
+const HEADER_WINDOW_BYTES: usize = 16 * 1024;
 
 /// A batch found in a segment: where it starts and its header.
 #[derive(Clone, Copy, Debug)]
@@ -107,7 +110,12 @@ impl<'a> Scanner<'a> {
         let in_window = position >= self.window_start
             && position + len as u64 <= self.window_start + self.window.len() as u64;
         if !in_window {
-            let want = (self.end - position).min(len.max(WINDOW_BYTES) as u64) as usize;
+            let window = if self.verify_crc {
+                WINDOW_BYTES
+            } else {
+                HEADER_WINDOW_BYTES
+            };
+            let want = (self.end - position).min(len.max(window) as u64) as usize;
             self.window.resize(want, 0);
             crate::io::read_exact_at(self.file, &mut self.window, position)
                 .map_err(ScanError::Io)?;

@@ -5,6 +5,7 @@ use super::index::{floor_entry, IndexEntry, SegmentSummary, TermRun};
 use super::scan::{damage_is_torn_write, ScanError, Scanned, Scanner};
 use super::{atomic, io_err, Result, StorageError};
 use crate::io::{read_exact_at, Disk, DiskFile, OpenMode};
+use crate::types::record::HEADER_SIZE;
 use crate::types::BatchHeader;
 use bytes::{Bytes, BytesMut};
 use std::path::{Path, PathBuf};
@@ -395,27 +396,40 @@ impl Segment {
         first_index: u64,
         max_batch_bytes: usize,
     ) -> Result<(Bytes, usize)> {
-        let mut scanner = Scanner::new(
-            self.file.as_ref(),
-            position,
-            self.size_bytes,
-            false,
-            max_batch_bytes,
-        );
-        let mut end = position;
-        let mut count = 0usize;
-        let mut index = first_index;
-        while let Some(s) = scanner.next_batch().map_err(|e| self.scan_error(e))? {
-            let size = s.header.size_bytes() as u64;
-            let too_big = count > 0 && (end + size - position) as usize > max_bytes;
-            if s.header.next_offset() > max_offset || index >= index_limit || too_big {
+        // One read of up to `max_bytes`, then the batch boundaries are
+        // found in that buffer: the bytes are read once and handed out as a
+        // slice of it.
+        let avail = self.size_bytes - position;
+        let want = (max_bytes.max(HEADER_SIZE) as u64).min(avail) as usize;
+        let mut buf = self.read_bytes(position, want)?;
+        let (mut at, mut count, mut index) = (0usize, 0usize, first_index);
+        // Bounded by the batches that fit in the buffer.
+        while buf.len() - at >= HEADER_SIZE {
+            let h = BatchHeader::parse(&buf[at..], max_batch_bytes)
+                .map_err(|e| self.corrupt(position + at as u64, e.to_string()))?;
+            if h.next_offset() > max_offset || index >= index_limit {
                 break;
             }
-            end += size;
+            let size = h.size_bytes();
+            if at + size > buf.len() {
+                if count > 0 {
+                    break;
+                }
+                // The first batch is larger than asked for: it is returned
+                // whole all the same, as Kafka does.
+                if size as u64 > avail {
+                    return Err(self.corrupt(
+                        position,
+                        format!("batch of {size} bytes runs past the segment end"),
+                    ));
+                }
+                buf = self.read_bytes(position, size)?;
+            }
+            at += size;
             count += 1;
             index += 1;
         }
-        Ok((self.read_bytes(position, (end - position) as usize)?, count))
+        Ok((buf.slice(..at), count))
     }
 
     fn read_bytes(&self, position: u64, len: usize) -> Result<Bytes> {

@@ -198,8 +198,17 @@ impl Backend {
         let Some(w) = self.hosted.remove(&group) else {
             return;
         };
-        let _ = self.driver.send(Input::RemoveGroup { id: group }).await;
         self.replicas.remove(&w.topic, w.partition);
+        // Wait until the driver let go of the log, so nothing writes into
+        // the directory while it is deleted.
+        let (done, let_go) = tokio::sync::oneshot::channel();
+        let removal = Input::RemoveGroup {
+            id: group,
+            done: Some(done),
+        };
+        if self.driver.send(removal).await.is_err() || let_go.await.is_err() {
+            return;
+        }
         let dir = partition_dir(&self.data_dir, &w.topic, w.partition, group);
         let removed = self
             .disk

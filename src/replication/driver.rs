@@ -172,8 +172,11 @@ pub enum Input {
         messages: Vec<(u64, Message)>,
     },
     AddGroup(Box<GroupSpec>),
+    /// Stops hosting a group; `done` fires once the driver let go of its
+    /// log (so its files may be deleted).
     RemoveGroup {
         id: u64,
+        done: Option<oneshot::Sender<()>>,
     },
     /// Syncs everything and stops the driver.
     Shutdown {
@@ -254,6 +257,9 @@ struct Group {
     seen: (u64, StateRole, u64),
     waiting_commit: BTreeMap<u64, Waiter>,
     waiting_persist: VecDeque<(u64, Waiter)>,
+    /// Successful answers of this round, sent once the round's status is
+    /// published, so a writer that reads right after its ack sees its write.
+    answers: Vec<(oneshot::Sender<ProposeResult>, ProposeResult)>,
     failed: Option<String>,
     status: GroupStatus,
 }
@@ -359,7 +365,12 @@ impl Driver {
             Input::Propose(p) => self.propose(p),
             Input::Raft { from, messages } => self.step(from, messages),
             Input::AddGroup(spec) => self.add_group(*spec),
-            Input::RemoveGroup { id } => self.remove_group(id),
+            Input::RemoveGroup { id, done } => {
+                self.remove_group(id);
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
             Input::Shutdown { .. } => unreachable!("handled by take_inputs"),
         }
     }
@@ -394,6 +405,7 @@ impl Driver {
             seen,
             waiting_commit: BTreeMap::new(),
             waiting_persist: VecDeque::new(),
+            answers: Vec::new(),
             failed: None,
             status: GroupStatus::default(),
         };
@@ -403,8 +415,10 @@ impl Driver {
 
     fn remove_group(&mut self, id: u64) {
         if let Some(mut g) = self.groups.remove(&id) {
+            for (reply, result) in g.answers.drain(..) {
+                let _ = reply.send(result);
+            }
             fail_waiters(&mut g, &ProposeError::UnknownGroup);
-            let _ = g.log.flush_commit();
         }
         lock(&self.board).remove(&id);
     }
@@ -547,7 +561,16 @@ impl Driver {
         }
         self.check_read_errors();
         self.publish_status();
+        self.send_answers();
         self.flush_outbox();
+    }
+
+    fn send_answers(&mut self) {
+        for g in self.groups.values_mut() {
+            for (reply, result) in g.answers.drain(..) {
+                let _ = reply.send(result);
+            }
+        }
     }
 
     /// Step 2: everything before the group commit.
@@ -641,7 +664,7 @@ impl Driver {
                         leader: g.node.raft.leader_id,
                     })
                 };
-                let _ = w.reply.send(result);
+                g.answers.push((w.reply, result));
             }
             // Writers waiting on entries this commit overtook can no longer
             // be answered with their own entry: it was replaced.
@@ -769,7 +792,7 @@ fn answer_persisted(g: &mut Group) {
         } else {
             Err(ProposeError::NotLeader { leader: 0 })
         };
-        let _ = w.reply.send(result);
+        g.answers.push((w.reply, result));
     }
 }
 

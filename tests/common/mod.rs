@@ -19,8 +19,15 @@ use weir::types::{BatchBuilder, Event, RecordBatch};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Discards logs, unless WEIR_TEST_LOG names a level (then to stderr).
 pub fn logger() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
+    match std::env::var("WEIR_TEST_LOG")
+        .ok()
+        .and_then(|l| weir::cli::logging::parse_level(&l).ok())
+    {
+        Some(level) => weir::cli::logging::stderr_logger(level),
+        None => slog::Logger::root(slog::Discard, slog::o!()),
+    }
 }
 
 /// Free loopback ports (bound and released; a race with other processes is
@@ -44,6 +51,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(n: u64) -> Cluster {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// Starts `n` brokers, letting `adjust` change each one's config first.
+    pub async fn start_with(n: u64, adjust: impl Fn(&mut BrokerConfig)) -> Cluster {
         let dirs = tempfile::tempdir().unwrap();
         let ports = free_ports(2 * n as usize);
         let peers: BTreeMap<u64, String> = (1..=n)
@@ -60,6 +72,7 @@ impl Cluster {
             );
             c.peers = peers.clone();
             c.driver.tick_ms = 20;
+            adjust(&mut c);
             configs.insert(id, c);
         }
         let net: NetworkRef = Arc::new(TcpNetwork::default());

@@ -1,0 +1,275 @@
+//! Topic administration and the finer points of produce and fetch on a
+//! three-broker cluster: delete removes data on every broker, config changes
+//! take effect without a restart, acks=1 and acks=0, long-polling fetches,
+//! offsets out of range, ListOffsets.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use weir::proto::client_request::Body as Req;
+use weir::proto::client_response::Body as Resp;
+use weir::proto::*;
+
+fn partition_dirs(cluster: &Cluster, broker: u64, topic: &str) -> usize {
+    let root = cluster.data_dir(broker).join("partitions");
+    std::fs::read_dir(&root)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .map(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with(&format!("{topic}-"))
+                    })
+                    .unwrap_or(false)
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn leader_conn(cluster: &Cluster, topic: &str, partitions: u32) -> weir::client::Connection {
+    let l = leaders(cluster, topic, partitions).await;
+    cluster.connect(l[0]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_removes_the_topic_and_its_data_everywhere() {
+    let cluster = Cluster::start(3).await;
+    wait_for_cluster(&cluster).await;
+    assert!(admin(&cluster, create("doomed", 2, 3))
+        .await
+        .error
+        .is_none());
+    leaders(&cluster, "doomed", 2).await;
+    for b in 1..=3 {
+        eventually(10, "partition directories", || async {
+            (partition_dirs(&cluster, b, "doomed") == 2).then_some(())
+        })
+        .await;
+    }
+    let deleted = admin(
+        &cluster,
+        Req::DeleteTopic(DeleteTopicRequest {
+            name: "doomed".into(),
+        }),
+    )
+    .await;
+    assert!(deleted.error.is_none(), "{:?}", deleted.error);
+    for b in 1..=3 {
+        eventually(10, "the data to go", || async {
+            (partition_dirs(&cluster, b, "doomed") == 0).then_some(())
+        })
+        .await;
+    }
+    let c = cluster.any().await;
+    let Resp::ListTopics(l) = call(&c, Req::ListTopics(ListTopicsRequest {})).await else {
+        panic!()
+    };
+    assert!(!l.names.contains(&"doomed".to_string()));
+    let again = admin(
+        &cluster,
+        Req::DeleteTopic(DeleteTopicRequest {
+            name: "doomed".into(),
+        }),
+    )
+    .await;
+    assert_eq!(
+        again.error.map(|e| e.code),
+        Some(ErrorCode::UnknownTopic as i32)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_change_applies_without_restart() {
+    let cluster = Cluster::start_with(3, |c| c.retention_check_ms = 100).await;
+    wait_for_cluster(&cluster).await;
+    let mut req = CreateTopicRequest {
+        name: "logs".into(),
+        partitions: 1,
+        replication_factor: 3,
+        configs: Default::default(),
+    };
+    req.configs.insert("segment.bytes".into(), "4096".into());
+    // The test's records are stamped in 2023: keep them despite their age.
+    req.configs.insert("retention.ms".into(), "-1".into());
+    req.configs
+        .insert("max.message.bytes".into(), "4096".into());
+    assert!(admin(&cluster, Req::CreateTopic(req)).await.error.is_none());
+    let c = leader_conn(&cluster, "logs", 1).await;
+    for i in 0..60 {
+        let b = batch_of(&[event("k", &format!("{i:0>200}"))]);
+        let r = produce(&c, "logs", 0, &b, Acks::All).await;
+        assert!(r.error.is_none(), "{:?}", r.error);
+    }
+    let earliest = || async {
+        let Resp::ListOffsets(o) = call(
+            &c,
+            Req::ListOffsets(ListOffsetsRequest {
+                topic: "logs".into(),
+                partition: 0,
+                timestamp: -2,
+            }),
+        )
+        .await
+        else {
+            panic!()
+        };
+        o.offset
+    };
+    assert_eq!(
+        earliest().await,
+        0,
+        "nothing is deleted while retention is unlimited"
+    );
+    let mut alter = AlterConfigsRequest {
+        topic: "logs".into(),
+        ..Default::default()
+    };
+    alter.set.insert("retention.bytes".into(), "4096".into());
+    assert!(admin(&cluster, Req::AlterConfigs(alter))
+        .await
+        .error
+        .is_none());
+    let start = eventually(10, "retention to delete old segments", || async {
+        let e = earliest().await;
+        (e > 0).then_some(e)
+    })
+    .await;
+    let Resp::DescribeConfigs(d) = call(
+        &c,
+        Req::DescribeConfigs(DescribeConfigsRequest {
+            topic: "logs".into(),
+        }),
+    )
+    .await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        d.configs.get("retention.bytes").map(String::as_str),
+        Some("4096")
+    );
+    // Below the new start: out of range.
+    let fetch = Req::Fetch(FetchRequest {
+        partitions: vec![FetchPartition {
+            topic: "logs".into(),
+            partition: 0,
+            offset: start - 1,
+            max_bytes: 4096,
+        }],
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: 4096,
+    });
+    let Resp::Fetch(f) = call(&c, fetch).await else {
+        panic!()
+    };
+    assert_eq!(
+        f.partitions[0].error.as_ref().map(|e| e.code),
+        Some(ErrorCode::OffsetOutOfRange as i32)
+    );
+    assert_eq!(
+        f.partitions[0].log_start_offset, 0,
+        "not filled in on error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_modes_and_long_poll() {
+    let cluster = Cluster::start(3).await;
+    wait_for_cluster(&cluster).await;
+    assert!(admin(&cluster, create("acks", 1, 3)).await.error.is_none());
+    let c = leader_conn(&cluster, "acks", 1).await;
+    let one = produce(&c, "acks", 0, &batch_of(&[event("a", "one")]), Acks::Leader).await;
+    assert!(one.error.is_none() && one.base_offset >= 0, "{one:?}");
+    let none = produce(
+        &c,
+        "acks",
+        0,
+        &batch_of(&[event("a", "zero")]),
+        Acks::NoneAcks,
+    )
+    .await;
+    assert_eq!(none.base_offset, -1, "acks=0 gets no offset");
+    let all = produce(&c, "acks", 0, &batch_of(&[event("a", "all")]), Acks::All).await;
+    assert!(all.error.is_none() && all.base_offset > one.base_offset);
+
+    // A fetch at the end waits (long poll) and returns once a write commits.
+    let Resp::ListOffsets(end) = call(
+        &c,
+        Req::ListOffsets(ListOffsetsRequest {
+            topic: "acks".into(),
+            partition: 0,
+            timestamp: -1,
+        }),
+    )
+    .await
+    else {
+        panic!()
+    };
+    let fetch = Req::Fetch(FetchRequest {
+        partitions: vec![FetchPartition {
+            topic: "acks".into(),
+            partition: 0,
+            offset: end.offset,
+            max_bytes: 1 << 16,
+        }],
+        max_wait_ms: 5000,
+        min_bytes: 1,
+        max_bytes: 1 << 16,
+    });
+    let started = tokio::time::Instant::now();
+    let waiting = {
+        let c2 = cluster.connect(leaders(&cluster, "acks", 1).await[0]).await;
+        tokio::spawn(async move { c2.request(fetch, TIMEOUT).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if waiting.is_finished() {
+        panic!("the fetch must wait for data, got {:?}", waiting.await);
+    }
+    let late = produce(&c, "acks", 0, &batch_of(&[event("a", "late")]), Acks::All).await;
+    assert!(late.error.is_none());
+    let resp = waiting.await.unwrap().unwrap();
+    assert!(resp.error.is_none(), "{:?}", resp.error);
+    let Some(Resp::Fetch(f)) = resp.body else {
+        panic!()
+    };
+    assert!(
+        !f.partitions[0].records.is_empty(),
+        "the long poll returns the new record"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(4000),
+        "it returned when data came, not at the deadline"
+    );
+
+    // Offsets past the high watermark are out of range.
+    let past = Req::Fetch(FetchRequest {
+        partitions: vec![FetchPartition {
+            topic: "acks".into(),
+            partition: 0,
+            offset: 1_000_000,
+            max_bytes: 1 << 16,
+        }],
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: 1 << 16,
+    });
+    let Resp::Fetch(f) = call(&c, past).await else {
+        panic!()
+    };
+    assert_eq!(
+        f.partitions[0].error.as_ref().map(|e| e.code),
+        Some(ErrorCode::OffsetOutOfRange as i32)
+    );
+
+    // A follower answers NOT_LEADER naming the leader.
+    let leader = leaders(&cluster, "acks", 1).await[0];
+    let follower = (1..=3).find(|b| *b != leader).unwrap();
+    let f = cluster.connect(follower).await;
+    let r = produce(&f, "acks", 0, &batch_of(&[event("a", "x")]), Acks::All).await;
+    let e = r.error.expect("a follower refuses writes");
+    assert_eq!((e.code, e.leader_id), (ErrorCode::NotLeader as i32, leader));
+}

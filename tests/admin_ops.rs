@@ -216,11 +216,12 @@ async fn acks_modes_and_long_poll() {
             offset: end.offset,
             max_bytes: 1 << 16,
         }],
-        max_wait_ms: 5000,
+        // Longer than the client's 10 s timeout: the request only succeeds
+        // if the long poll returns when the data arrives.
+        max_wait_ms: 30_000,
         min_bytes: 1,
         max_bytes: 1 << 16,
     });
-    let started = tokio::time::Instant::now();
     let waiting = {
         let c2 = cluster.connect(leaders(&cluster, "acks", 1).await[0]).await;
         tokio::spawn(async move { c2.request(fetch, TIMEOUT).await })
@@ -239,10 +240,6 @@ async fn acks_modes_and_long_poll() {
     assert!(
         !f.partitions[0].records.is_empty(),
         "the long poll returns the new record"
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(4000),
-        "it returned when data came, not at the deadline"
     );
 
     // Offsets past the high watermark are out of range.

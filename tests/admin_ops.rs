@@ -270,3 +270,64 @@ async fn acks_modes_and_long_poll() {
     let e = r.error.expect("a follower refuses writes");
     assert_eq!((e.code, e.leader_id), (ErrorCode::NotLeader as i32, leader));
 }
+
+async fn log_dir(cluster: &Cluster, broker: u64, topic: &str) -> Option<LogDirPartition> {
+    let c = cluster.connect(broker).await;
+    let req = Req::DescribeLogDirs(DescribeLogDirsRequest {
+        topics: vec![topic.into()],
+    });
+    match c.request(req, TIMEOUT).await.ok()?.body? {
+        Resp::DescribeLogDirs(d) => d.partitions.into_iter().next(),
+        _ => None,
+    }
+}
+
+/// A follower that was down while retention deleted the entries it lacks
+/// is brought back by a snapshot (the leader's log start) and then ordinary
+/// replication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_follower_catches_up_through_a_snapshot() {
+    let mut cluster = Cluster::start_with(3, |c| c.retention_check_ms = 100).await;
+    wait_for_cluster(&cluster).await;
+    let mut req = CreateTopicRequest {
+        name: "snap".into(),
+        partitions: 1,
+        replication_factor: 3,
+        configs: Default::default(),
+    };
+    for (k, v) in [
+        ("segment.bytes", "4096"),
+        ("max.message.bytes", "4096"),
+        ("retention.ms", "-1"),
+        ("retention.bytes", "8192"),
+    ] {
+        req.configs.insert(k.into(), v.into());
+    }
+    assert!(admin(&cluster, Req::CreateTopic(req)).await.error.is_none());
+    let leader = leaders(&cluster, "snap", 1).await[0];
+    let follower = (1..=3).find(|b| *b != leader).unwrap();
+    cluster.kill(follower);
+    let c = cluster.connect(leader).await;
+    for i in 0..200 {
+        let b = batch_of(&[event("k", &format!("{i:0>300}"))]);
+        let r = eventually(10, "a write", || async {
+            let r = produce(&c, "snap", 0, &b, Acks::All).await;
+            r.error.is_none().then_some(r)
+        })
+        .await;
+        assert!(r.base_offset > 0);
+    }
+    let on_leader = eventually(10, "retention on the leader", || async {
+        let d = log_dir(&cluster, leader, "snap").await?;
+        (d.log_start_offset > 50).then_some(d)
+    })
+    .await;
+    cluster.start_broker(follower).await;
+    let caught_up = eventually(30, "the follower to catch up", || async {
+        let f = log_dir(&cluster, follower, "snap").await?;
+        let l = log_dir(&cluster, leader, "snap").await?;
+        (f.log_end_offset == l.log_end_offset && f.log_start_offset > 0).then_some(f)
+    })
+    .await;
+    assert!(caught_up.log_start_offset >= on_leader.log_start_offset.min(caught_up.log_end_offset));
+}

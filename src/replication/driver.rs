@@ -495,9 +495,14 @@ impl Driver {
             self.restore_preferred_leaders();
         }
         if self.ticks.is_multiple_of(COMMIT_FLUSH_TICKS) {
-            for g in self.groups.values() {
-                let _ = g.log.flush_commit();
-            }
+            // Only logs whose commit moved write anything (a sync and the
+            // hard state file); a failure here surfaces at the next sync.
+            let logs: Vec<RaftLog> = self.groups.values().map(|g| g.log.clone()).collect();
+            blocking(|| {
+                for log in &logs {
+                    let _ = log.flush_commit();
+                }
+            });
         }
     }
 

@@ -39,6 +39,11 @@ pub struct BrokerArgs {
     /// trace, debug, info, warn, error or critical.
     #[arg(long)]
     pub log_level: Option<String>,
+    /// When writes are fsynced: always (before acknowledging, the default),
+    /// interval:<ms>, or never (rely on replication and the OS, as Kafka
+    /// does by default). See the README for what each risks.
+    #[arg(long)]
+    pub fsync: Option<String>,
 }
 
 /// Everything `weir broker` needs, resolved from defaults, file and flags.
@@ -63,6 +68,7 @@ const KEYS: &[&str] = &[
     "auto_create_topics",
     "max_connections",
     "max_in_flight_per_connection",
+    "fsync",
 ];
 
 /// Parses `key = value` lines; errors name the line.
@@ -145,6 +151,7 @@ pub fn resolve(args: &BrokerArgs) -> Result<Resolved, String> {
     set("peer_listen", args.peer_listen.clone());
     set("peers", args.peers.clone());
     set("log_level", args.log_level.clone());
+    set("fsync", args.fsync.clone());
     build(&file)
 }
 
@@ -166,6 +173,9 @@ fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
         Some(v) => number("seed", v)?,
         None => id,
     };
+    if let Some(v) = s.get("fsync") {
+        broker.driver.fsync = v.parse()?;
+    }
     if let Some(v) = s.get("retention_check_ms") {
         broker.retention_check_ms = number("retention_check_ms", v)?;
     }
@@ -249,7 +259,27 @@ mod tests {
             peers: None,
             config: None,
             log_level: None,
+            fsync: None,
         }
+    }
+
+    #[test]
+    fn fsync_settings_parse() {
+        use crate::replication::driver::FsyncPolicy;
+        let mut a = args();
+        assert_eq!(
+            resolve(&a).unwrap().broker.driver.fsync,
+            FsyncPolicy::Always
+        );
+        a.fsync = Some("interval:250".into());
+        assert_eq!(
+            resolve(&a).unwrap().broker.driver.fsync,
+            FsyncPolicy::IntervalMs(250)
+        );
+        a.fsync = Some("never".into());
+        assert_eq!(resolve(&a).unwrap().broker.driver.fsync, FsyncPolicy::Never);
+        a.fsync = Some("sometimes".into());
+        assert!(resolve(&a).unwrap_err().contains("interval:<ms>"));
     }
 
     #[test]

@@ -38,9 +38,43 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// When appended entries are fsynced: the broker's `fsync` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Before anything that depends on them leaves the broker (an ack, a
+    /// vote, an append response), grouped across the round's partitions.
+    /// Acknowledged writes survive the loss of every replica's page cache.
+    Always,
+    /// At most every `ms` milliseconds. Acknowledged writes of the last
+    /// interval survive only while a majority of replicas keeps running.
+    IntervalMs(u64),
+    /// Never by Weir; the OS writes back when it likes (as Kafka by
+    /// default). Acknowledged writes survive only while a majority of
+    /// replicas keeps running (or the OS flushed them).
+    Never,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            other => match other.strip_prefix("interval:").map(str::parse::<u64>) {
+                Some(Ok(ms)) if ms > 0 => Ok(FsyncPolicy::IntervalMs(ms)),
+                _ => Err(format!(
+                    "fsync must be always, never or interval:<ms> (e.g. interval:100), got '{other}'"
+                )),
+            },
+        }
+    }
+}
+
 /// Settings of the driver.
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
+    /// When appended entries are fsynced.
+    pub fsync: FsyncPolicy,
     /// This broker: the Raft node id in every group it hosts.
     pub node_id: u64,
     pub tick_ms: u64,
@@ -61,6 +95,7 @@ pub struct DriverConfig {
 impl DriverConfig {
     pub fn new(node_id: u64, seed: u64) -> Self {
         DriverConfig {
+            fsync: FsyncPolicy::Always,
             node_id,
             tick_ms: 100,
             heartbeat_tick: 2,
@@ -278,6 +313,9 @@ pub struct Driver {
     clock: ClockRef,
     logger: Logger,
     ticks: u64,
+    /// Groups with appends not yet fsynced (fsync interval or never).
+    unsynced: std::collections::BTreeSet<u64>,
+    last_fsync: tokio::time::Instant,
 }
 
 /// Ticks between checks that leadership sits with the preferred replica.
@@ -311,6 +349,8 @@ impl Driver {
             clock,
             logger,
             ticks: 0,
+            unsynced: Default::default(),
+            last_fsync: tokio::time::Instant::now(),
         };
         let status = StatusBoard {
             groups: board,
@@ -494,7 +534,17 @@ impl Driver {
         if self.ticks.is_multiple_of(PREFERRED_LEADER_CHECK_TICKS) {
             self.restore_preferred_leaders();
         }
-        if self.ticks.is_multiple_of(COMMIT_FLUSH_TICKS) {
+        if matches!(self.config.fsync, FsyncPolicy::IntervalMs(_)) && !self.unsynced.is_empty() {
+            // An interval elapsed with appends left unsynced and no round
+            // to carry them: sync them now.
+            let mut none = Vec::new();
+            self.sync_all(&mut none);
+        }
+        let always = self.config.fsync == FsyncPolicy::Always;
+        if always && self.ticks.is_multiple_of(COMMIT_FLUSH_TICKS) {
+            // With fsync other than always, the commit index is saved only
+            // with term and vote changes and at shutdown: saving it syncs
+            // the log, which those settings exist to avoid.
             // Only logs whose commit moved write anything (a sync and the
             // hard state file); a failure here surfaces at the next sync.
             let logs: Vec<RaftLog> = self.groups.values().map(|g| g.log.clone()).collect();
@@ -605,13 +655,22 @@ impl Driver {
     /// Step 3: one sync per touched log. Runs where blocking is allowed: on
     /// a multi-threaded runtime the worker hands its other tasks off first.
     fn sync_all(&mut self, readies: &mut Vec<(u64, raft::Ready)>) {
-        let logs: Vec<(u64, RaftLog)> = readies
+        let sync_data = self.fsync_due();
+        if !sync_data {
+            self.unsynced.extend(readies.iter().map(|(id, _)| *id));
+        }
+        let mut ids: std::collections::BTreeSet<u64> = readies.iter().map(|(id, _)| *id).collect();
+        if sync_data {
+            // Everything appended since the last data sync is synced now.
+            ids.append(&mut self.unsynced);
+        }
+        let logs: Vec<(u64, RaftLog)> = ids
             .iter()
-            .filter_map(|(id, _)| self.groups.get(id).map(|g| (*id, g.log.clone())))
+            .filter_map(|id| self.groups.get(id).map(|g| (*id, g.log.clone())))
             .collect();
         let results = blocking(|| {
             logs.iter()
-                .map(|(id, log)| (*id, log.sync()))
+                .map(|(id, log)| (*id, log.sync_with(sync_data)))
                 .collect::<Vec<_>>()
         });
         for (id, r) in results {
@@ -620,6 +679,22 @@ impl Driver {
             }
         }
         readies.retain(|(id, _)| self.groups.get(id).is_some_and(|g| g.failed.is_none()));
+    }
+
+    /// Whether this round syncs entries to disk, by the fsync policy.
+    fn fsync_due(&mut self) -> bool {
+        match self.config.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Never => false,
+            FsyncPolicy::IntervalMs(ms) => {
+                let now = tokio::time::Instant::now();
+                let due = now.duration_since(self.last_fsync) >= Duration::from_millis(ms);
+                if due {
+                    self.last_fsync = now;
+                }
+                due
+            }
+        }
     }
 
     /// Step 4: everything after the group commit.

@@ -381,9 +381,20 @@ impl RaftLog {
     /// entries that are not on disk. After an error the replica refuses
     /// writes until reopened.
     pub fn sync(&self) -> Result<()> {
+        self.sync_with(true)
+    }
+
+    /// Like [`Self::sync`], but with `sync_data` false the entries are left
+    /// to the OS (the broker's `fsync` setting `never`, or an interval not
+    /// yet due): only a changed term or vote is saved, since a forgotten
+    /// vote could elect two leaders in one term. The commit saved with it may
+    /// then run ahead of the entries on disk; opening clamps it.
+    pub fn sync_with(&self, sync_data: bool) -> Result<()> {
         let mut st = self.lock();
         st.check_usable()?;
-        st.log.sync()?;
+        if sync_data {
+            st.log.sync()?;
+        }
         if st.dirty {
             st.save_hard_state()?;
         }

@@ -239,6 +239,10 @@ fn fetch_once(s: &Services, r: &FetchRequest) -> (Vec<FetchedPartition>, usize) 
                 partition: p.partition,
                 ..Default::default()
             };
+            if s.metadata.read(|t| t.topic(&p.topic).is_none()) {
+                out.error = unknown_topic(&p.topic);
+                return out;
+            }
             let room = budget
                 .saturating_sub(total)
                 .max(1)
@@ -283,6 +287,12 @@ async fn fetch(s: &Services, r: FetchRequest) -> FetchResponse {
 }
 
 fn list_offsets(s: &Services, r: &ListOffsetsRequest) -> ListOffsetsResponse {
+    if s.metadata.read(|t| t.topic(&r.topic).is_none()) {
+        return ListOffsetsResponse {
+            error: unknown_topic(&r.topic),
+            offset: -1,
+        };
+    }
     match s.partitions.list_offset(&r.topic, r.partition, r.timestamp) {
         Ok(offset) => ListOffsetsResponse {
             error: None,

@@ -598,6 +598,8 @@ fn three_broker_cluster_survives_a_stopped_broker() {
     let mut got: Vec<&str> = out.lines().collect();
     got.sort();
     assert_eq!(got, ["four", "one", "three", "two"]);
+    let out = ok(&bs, &["topic", "describe", "replicated-events"], "");
+    assert!(out.contains("Partitions: 3"), "{out}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let v = json(&ok(

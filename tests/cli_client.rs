@@ -94,6 +94,10 @@ fn json(s: &str) -> serde_json::Value {
 
 /// Waits until `live` brokers are live and a controller is elected.
 fn wait_ready(bootstrap: &str, live: usize) {
+    assert!(ready(bootstrap, live), "cluster at {bootstrap} not ready");
+}
+
+fn ready(bootstrap: &str, live: usize) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = weir(bootstrap, &["cluster", "describe", "--output", "json"], "");
@@ -104,13 +108,12 @@ fn wait_ready(bootstrap: &str, live: usize) {
                 .map(|b| b.iter().filter(|b| b["live"] == true).count())
                 .unwrap_or(0);
             if n >= live && v["controller_id"].as_u64().unwrap_or(0) != 0 {
-                return;
+                return true;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "cluster at {bootstrap} not ready"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -502,6 +505,12 @@ fn errors_say_what_went_wrong_and_exit_non_zero() {
         e.contains("cannot reach any broker") && e.contains("--bootstrap"),
         "{e}"
     );
+    // An address nobody answers from (no route, or packets dropped): still
+    // a message within a few seconds, not a hang.
+    let started = Instant::now();
+    let e = fails("10.255.255.1:7400", &["topic", "list"], "");
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(e.contains("10.255.255.1:7400"), "{e}");
     // The flag and its alias win over the environment.
     let out = ok(&dead, &["topic", "list", "--bootstrap", bs], "");
     assert_eq!(out, "t\n");
@@ -524,7 +533,8 @@ fn three_broker_cluster_survives_a_stopped_broker() {
     let cluster_dir = dir.path().join("weir-cluster");
     // A base port with 3 free blocks of two is unlikely to clash; retry a
     // few bases if the script's brokers cannot bind.
-    let base = 20000 + (std::process::id() % 2000) * 20;
+    // Below the ephemeral range (32768+) that other tests' free ports use.
+    let base = 10000 + (std::process::id() % 1000) * 20;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/three-brokers.sh");
     let started = Command::new("sh")
         .arg(script)
@@ -555,7 +565,15 @@ fn three_broker_cluster_survives_a_stopped_broker() {
         }
     }
     let _stop = Stop(cluster_dir.clone(), script);
-    wait_ready(&bs, 3);
+    if !ready(&bs, 3) {
+        let logs: String = (1..=3)
+            .map(|n| {
+                let log = std::fs::read_to_string(cluster_dir.join(format!("broker-{n}.log")));
+                format!("broker {n}: {}\n", log.unwrap_or_default())
+            })
+            .collect();
+        panic!("three brokers at {bs} not ready; logs:\n{logs}");
+    }
     let out = ok(&bs, &["cluster", "describe"], "");
     assert_eq!(
         out.lines().filter(|l| l.contains(" yes")).count(),

@@ -32,7 +32,7 @@ impl Default for ClientConfig {
         ClientConfig {
             bootstrap: vec!["127.0.0.1:7400".into()],
             request_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(2),
             retry_backoff: Duration::from_millis(100),
             admin_retry_for: Duration::from_secs(10),
         }
@@ -120,8 +120,19 @@ impl Client {
     /// A client that has reached the cluster once (fails clearly if no
     /// bootstrap address answers).
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
+        let limit = config.connect_timeout + Duration::from_secs(2);
+        let addrs = config.bootstrap.join(",");
         let c = Client::new(config);
-        c.refresh(&[]).await?;
+        match tokio::time::timeout(limit, c.refresh(&[])).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::Unreachable(format!(
+                    "no broker at {addrs} answered within {} ms; check that a broker runs \
+                     there or pass --bootstrap host:port",
+                    limit.as_millis()
+                )))
+            }
+        };
         Ok(c)
     }
 

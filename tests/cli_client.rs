@@ -654,3 +654,94 @@ fn three_broker_cluster_survives_a_stopped_broker() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Splits a shell command line into words (single and double quotes).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut in_word = false;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+/// Every `weir` command in the README is one these tests run (`weir
+/// broker` is run by tests/cli_broker.rs and scripts/three-brokers.sh).
+#[test]
+fn every_readme_command_is_tested() {
+    let readme = include_str!("../README.md");
+    let source: String = include_str!("cli_client.rs")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        // rustfmt's trailing commas
+        .replace(",]", "]");
+    let mut in_code = false;
+    let mut checked = 0;
+    let mut continued = String::new();
+    for line in readme.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if !in_code {
+            continue;
+        }
+        let line = line.trim();
+        if let Some(head) = line.strip_suffix('\\') {
+            continued.push_str(head);
+            continued.push(' ');
+            continue;
+        }
+        let full = std::mem::take(&mut continued) + line;
+        let Some(at) = full
+            .find("weir ")
+            .filter(|at| *at == 0 || full[..*at].trim_end().ends_with('|'))
+        else {
+            continue;
+        };
+        let words = shell_words(&full[at..]);
+        if words.get(1).map(String::as_str) == Some("broker") {
+            continue;
+        }
+        let needle: String = format!(
+            "[{}]",
+            words[1..]
+                .iter()
+                .map(|w| format!("{w:?}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+        assert!(
+            source.contains(&needle),
+            "README command `{full}` is not run by tests/cli_client.rs ({needle})"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 15, "only {checked} README commands found");
+}

@@ -233,3 +233,45 @@ async fn admin_calls() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_timeout_fails_the_send_clearly() {
+    let mut cluster = Cluster::start(3).await;
+    wait_for_cluster(&cluster).await;
+    let admin = Admin::new(client(&cluster));
+    admin
+        .create_topic("t", 1, 3, BTreeMap::new())
+        .await
+        .unwrap();
+    leaders(&cluster, "t", 1).await;
+    let producer = Producer::new(
+        client(&cluster),
+        ProducerConfig {
+            delivery_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_millis(500),
+            ..ProducerConfig::default()
+        },
+    );
+    producer
+        .send_wait(ProducerRecord::new("t", "before"))
+        .await
+        .expect("acknowledged while all brokers run");
+    // No majority left for the partition.
+    cluster.kill(2);
+    cluster.kill(3);
+    let started = tokio::time::Instant::now();
+    let e = producer
+        .send_wait(ProducerRecord::new("t", "after"))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        matches!(e, weir::client::Error::DeliveryTimeout { .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("delivery timeout of 2000 ms"), "{e}");
+    // A record larger than allowed fails at once.
+    let big = ProducerRecord::new("t", vec![0u8; 2 * 1024 * 1024]);
+    let e = producer.send(big).await.unwrap_err();
+    assert!(e.to_string().contains("exceeds the limit"), "{e}");
+}

@@ -176,3 +176,32 @@ pub fn run(args: &ConsumeArgs) -> Result<String, String> {
         Ok(String::new())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Header;
+
+    #[test]
+    fn kcat_placeholders() {
+        let r = ConsumerRecord {
+            topic: "t".into(),
+            partition: 2,
+            offset: 7,
+            key: Some("k".into()),
+            value: Some("v".into()),
+            timestamp_ms: 1000,
+            headers: vec![Header {
+                key: "a".into(),
+                value: Some("b".into()),
+            }],
+        };
+        assert_eq!(
+            format_record("%k=%v %p/%o@%t [%h] %%", &r),
+            "k=v 2/7@1000 [a=b] %\n"
+        );
+        assert_eq!(format_record("%v\\t%k\\n", &r), "v\tk\n");
+        let keyless = ConsumerRecord { key: None, ..r };
+        assert_eq!(format_record("%k|%v", &keyless), "|v\n");
+    }
+}

@@ -745,3 +745,30 @@ fn every_readme_command_is_tested() {
     }
     assert!(checked >= 15, "only {checked} README commands found");
 }
+
+/// Without --max-messages a consumer follows new records until Ctrl-C.
+#[test]
+fn consume_follows_until_interrupted() {
+    let b = start_broker();
+    let bs = b.bootstrap.as_str();
+    ok(bs, &["topic", "create", "live"], "");
+    let child = Command::new(WEIR)
+        .args(["consume", "live", "--format", "%o %v"])
+        .env("WEIR_BOOTSTRAP", bs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It starts at the end: written after it started, then seen.
+    std::thread::sleep(Duration::from_millis(1000));
+    ok(bs, &["produce", "live"], "new 1\nnew 2\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1 new 1\n2 new 2\n");
+}

@@ -148,28 +148,33 @@ impl Client {
             .clone()
     }
 
-    /// The cached connection to `addr`, opened if needed.
+    /// The cached connection to `addr`, opened if needed (outside the
+    /// lock, so a slow connect does not hold up requests to other brokers).
     pub async fn connection(&self, addr: &str) -> Result<Arc<Connection>, Error> {
-        let mut conns = self.inner.conns.lock().await;
-        if let Some(c) = conns.get(addr) {
-            if !c.is_broken() {
+        {
+            let conns = self.inner.conns.lock().await;
+            if let Some(c) = conns.get(addr).filter(|c| !c.is_broken()) {
                 return Ok(c.clone());
             }
         }
-        conns.remove(addr);
-        let c = Arc::new(
+        let fresh = Arc::new(
             Connection::connect(&self.inner.net, addr)
                 .await
                 .map_err(|e| Error::Unreachable(e.to_string()))?,
         );
+        let mut conns = self.inner.conns.lock().await;
+        if let Some(c) = conns.get(addr).filter(|c| !c.is_broken()) {
+            // Another task connected meanwhile: share its connection.
+            return Ok(c.clone());
+        }
         if conns.len() >= CONNECTIONS_MAX {
             conns.retain(|_, c| !c.is_broken());
             if conns.len() >= CONNECTIONS_MAX {
                 conns.clear();
             }
         }
-        conns.insert(addr.to_string(), c.clone());
-        Ok(c)
+        conns.insert(addr.to_string(), fresh.clone());
+        Ok(fresh)
     }
 
     /// The connection to broker `id`, by the address metadata gave.

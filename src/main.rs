@@ -1,4 +1,5 @@
-//! The `weir` command line: the broker and benchmarks.
+//! The `weir` command line: the broker, the client commands (topics,
+//! produce, consume, cluster) and benchmarks.
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
@@ -24,6 +25,16 @@ enum Command {
     /// cluster, id 1, data in ./weir-data, clients on 127.0.0.1:7400, peers
     /// on 127.0.0.1:7401.
     Broker(weir::cli::broker::BrokerArgs),
+    /// Creates, lists, describes, deletes and configures topics.
+    Topic(weir::cli::topic::TopicArgs),
+    /// Writes one record per line of stdin to a topic.
+    Produce(weir::cli::produce::ProduceArgs),
+    /// Reads records of a topic and prints them.
+    Consume(weir::cli::consume::ConsumeArgs),
+    /// Describes the cluster: brokers and the controller leader.
+    Cluster(weir::cli::cluster::ClusterArgs),
+    /// Describes the brokers' data directories: size of each partition.
+    LogDirs(weir::cli::cluster::LogDirsArgs),
     /// Measures this machine through Weir's storage.
     Bench {
         #[command(subcommand)]
@@ -48,6 +59,26 @@ fn main() -> ExitCode {
         Command::Bench {
             bench: Bench::Log(args),
         } => bench_log(&args),
+        Command::Topic(args) => client_command(weir::cli::topic::run(&args)),
+        Command::Produce(args) => client_command(weir::cli::produce::run(&args)),
+        Command::Consume(args) => client_command(weir::cli::consume::run(&args)),
+        Command::Cluster(args) => client_command(weir::cli::cluster::run_cluster(&args)),
+        Command::LogDirs(args) => client_command(weir::cli::cluster::run_log_dirs(&args)),
+    }
+}
+
+/// Prints a client command's output, or its error as one line on stderr.
+fn client_command(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            let _ = std::io::stdout().write_all(out.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            let line = msg.replace('\n', " ");
+            eprintln!("error: {line}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

@@ -97,6 +97,15 @@ impl Connection {
         &self.addr
     }
 
+    /// True once the connection broke; a new one must be opened.
+    pub fn is_broken(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .broken
+            .is_some()
+    }
+
     /// Sends one request and waits for its response.
     pub async fn request(
         &self,

@@ -1,0 +1,277 @@
+//! Topic and cluster administration. Create, delete and alter go to the
+//! controller leader; reads go to any broker.
+
+use super::metadata::{Client, ClientConfig};
+use super::Error;
+use crate::proto::client_request::Body as Req;
+use crate::proto::client_response::Body as Resp;
+use crate::proto::*;
+use std::collections::BTreeMap;
+
+/// One partition of a described topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionDesc {
+    pub partition: u32,
+    /// 0: no leader right now.
+    pub leader: u64,
+    pub replicas: Vec<u64>,
+    pub in_sync: Vec<u64>,
+    /// From the leader's log dir (-1 / 0 if it could not be asked).
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub size_bytes: u64,
+}
+
+/// A described topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDesc {
+    pub name: String,
+    pub partitions: Vec<PartitionDesc>,
+    pub config: BTreeMap<String, String>,
+}
+
+/// A broker of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerDesc {
+    pub id: u64,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub live: bool,
+}
+
+/// The cluster: its brokers and the controller leader (0: none yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDesc {
+    pub brokers: Vec<BrokerDesc>,
+    pub controller_id: u64,
+}
+
+/// One broker's log dir and the partition replicas in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDir {
+    pub broker_id: u64,
+    pub data_dir: String,
+    pub partitions: Vec<LogDirPartition>,
+    /// Set when the broker could not be asked.
+    pub error: Option<String>,
+}
+
+/// The admin client.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    client: Client,
+}
+
+fn admin_error(r: &Resp) -> Option<crate::proto::Error> {
+    match r {
+        Resp::Admin(a) => a.error.clone(),
+        _ => None,
+    }
+}
+
+impl Admin {
+    pub fn new(client: Client) -> Admin {
+        Admin { client }
+    }
+
+    /// Connects to the cluster through `config.bootstrap`.
+    pub async fn connect(config: ClientConfig) -> Result<Admin, Error> {
+        Ok(Admin::new(Client::connect(config).await?))
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        let req = Req::CreateTopic(CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            replication_factor,
+            configs: configs.into_iter().collect(),
+        });
+        self.client.controller(req, admin_error).await?;
+        Ok(())
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        let req = Req::DeleteTopic(DeleteTopicRequest { name: name.into() });
+        self.client.controller(req, admin_error).await?;
+        Ok(())
+    }
+
+    pub async fn alter_config(
+        &self,
+        topic: &str,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+    ) -> Result<(), Error> {
+        let req = Req::AlterConfigs(AlterConfigsRequest {
+            topic: topic.into(),
+            set: set.into_iter().collect(),
+            delete,
+        });
+        self.client.controller(req, admin_error).await?;
+        Ok(())
+    }
+
+    pub async fn list_topics(&self) -> Result<Vec<String>, Error> {
+        match self
+            .client
+            .any(Req::ListTopics(ListTopicsRequest {}))
+            .await?
+        {
+            Resp::ListTopics(l) => {
+                let mut names = l.names;
+                names.sort();
+                Ok(names)
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Every effective setting of a topic (defaults included).
+    pub async fn describe_config(&self, topic: &str) -> Result<BTreeMap<String, String>, Error> {
+        let req = Req::DescribeConfigs(DescribeConfigsRequest {
+            topic: topic.into(),
+        });
+        match self.client.any(req).await? {
+            Resp::DescribeConfigs(d) => match d.error {
+                Some(e) => Err(Error::broker(&e)),
+                None => Ok(d.configs.into_iter().collect()),
+            },
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub async fn describe_cluster(&self) -> Result<ClusterDesc, Error> {
+        match self
+            .client
+            .any(Req::DescribeCluster(DescribeClusterRequest {}))
+            .await?
+        {
+            Resp::DescribeCluster(d) => {
+                let mut brokers: Vec<BrokerDesc> = d
+                    .brokers
+                    .into_iter()
+                    .map(|b| BrokerDesc {
+                        id: b.id,
+                        client_addr: b.client_addr,
+                        peer_addr: b.peer_addr,
+                        live: b.live,
+                    })
+                    .collect();
+                brokers.sort_by_key(|b| b.id);
+                Ok(ClusterDesc {
+                    brokers,
+                    controller_id: d.controller_id,
+                })
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Every live broker's log dir, restricted to `topics` (empty: all).
+    pub async fn describe_log_dirs(&self, topics: &[String]) -> Result<Vec<LogDir>, Error> {
+        self.client.refresh(&[]).await?;
+        let snap = self.client.snapshot();
+        let mut out = Vec::new();
+        for b in snap.brokers.values().filter(|b| b.live) {
+            let req = Req::DescribeLogDirs(DescribeLogDirsRequest {
+                topics: topics.to_vec(),
+            });
+            let answer = match self.client.connection(&b.client_addr).await {
+                Ok(c) => self.client.call(&c, req).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(Resp::DescribeLogDirs(d)) => {
+                    let mut partitions = d.partitions;
+                    partitions
+                        .sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+                    out.push(LogDir {
+                        broker_id: d.broker_id,
+                        data_dir: d.data_dir,
+                        partitions,
+                        error: None,
+                    })
+                }
+                Ok(_) => return Err(unexpected()),
+                Err(e) => out.push(LogDir {
+                    broker_id: b.id,
+                    data_dir: String::new(),
+                    partitions: Vec::new(),
+                    error: Some(e.to_string()),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A topic's partitions (leaders, replicas, in-sync replicas, offsets
+    /// and size from the leader's log dir) and its effective config.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDesc, Error> {
+        let t = self.client.refresh_topic(name).await?;
+        let config = self.describe_config(name).await?;
+        let dirs = self.describe_log_dirs(&[name.to_string()]).await?;
+        let mut partitions: Vec<PartitionDesc> = t
+            .partitions
+            .iter()
+            .map(|p| {
+                let on_leader = dirs
+                    .iter()
+                    .filter(|d| d.broker_id == p.leader_id)
+                    .flat_map(|d| d.partitions.iter())
+                    .find(|lp| lp.topic == name && lp.partition == p.partition);
+                let (log_start_offset, high_watermark, size_bytes) = match on_leader {
+                    Some(lp) => (lp.log_start_offset, lp.log_end_offset, lp.size_bytes),
+                    None => (-1, -1, 0),
+                };
+                PartitionDesc {
+                    partition: p.partition,
+                    leader: p.leader_id,
+                    replicas: p.replicas.clone(),
+                    in_sync: p.in_sync.clone(),
+                    log_start_offset,
+                    high_watermark,
+                    size_bytes,
+                }
+            })
+            .collect();
+        // The high watermark as the leader serves it (log dirs give the log
+        // end, which may be ahead of the commit point).
+        for p in &mut partitions {
+            if p.leader == 0 {
+                continue;
+            }
+            let req = Req::ListOffsets(ListOffsetsRequest {
+                topic: name.into(),
+                partition: p.partition,
+                timestamp: -1,
+            });
+            if let Ok(conn) = self.client.broker(p.leader).await {
+                if let Ok(Resp::ListOffsets(lo)) = self.client.call(&conn, req).await {
+                    if lo.error.is_none() && lo.offset >= 0 {
+                        p.high_watermark = lo.offset;
+                    }
+                }
+            }
+        }
+        partitions.sort_by_key(|p| p.partition);
+        Ok(TopicDesc {
+            name: name.into(),
+            partitions,
+            config,
+        })
+    }
+}
+
+fn unexpected() -> Error {
+    Error::Transport("the broker sent an unexpected answer".into())
+}

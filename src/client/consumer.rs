@@ -1,0 +1,399 @@
+//! The consumer: assigned partitions (or a whole topic) are fetched from
+//! their leaders; control batches are skipped; on NOT_LEADER, connection
+//! loss or a broker restart the leader is looked up again and fetching
+//! resumes at the same offset, so no record is skipped.
+
+use super::metadata::{Client, ClientConfig};
+use super::Error;
+use crate::proto::client_request::Body as Req;
+use crate::proto::client_response::Body as Resp;
+use crate::proto::{ErrorCode, FetchPartition, FetchRequest, FetchedPartition, ListOffsetsRequest};
+use crate::types::{BatchHeader, Header, RecordBatch};
+use bytes::Bytes;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Where to start reading a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Earliest,
+    /// The high watermark: only records written from now on.
+    Latest,
+    Offset(i64),
+    /// The first record with a timestamp at or after this (ms since the
+    /// epoch); latest if there is none.
+    Timestamp(i64),
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Records one `poll` returns at most.
+    pub max_poll_records: usize,
+    /// Bytes one fetch response carries at most.
+    pub fetch_max_bytes: u32,
+    /// Bytes per partition per fetch at most.
+    pub partition_max_bytes: u32,
+    /// How long the broker holds a fetch waiting for data.
+    pub fetch_max_wait: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            max_poll_records: 500,
+            fetch_max_bytes: 8 * 1024 * 1024,
+            partition_max_bytes: 1024 * 1024,
+            fetch_max_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A record as consumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub timestamp_ms: i64,
+    pub headers: Vec<Header>,
+}
+
+#[derive(Debug, Clone)]
+struct Assigned {
+    start: StartAt,
+    /// The next offset to fetch, once resolved.
+    position: Option<i64>,
+}
+
+/// The consumer.
+#[derive(Debug)]
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    assigned: BTreeMap<(String, u32), Assigned>,
+    buffered: VecDeque<ConsumerRecord>,
+}
+
+/// Partitions a consumer may be assigned at most.
+pub const ASSIGNED_MAX: usize = 10_000;
+
+impl Consumer {
+    pub fn new(client: Client, config: ConsumerConfig) -> Consumer {
+        Consumer {
+            client,
+            config,
+            assigned: BTreeMap::new(),
+            buffered: VecDeque::new(),
+        }
+    }
+
+    pub async fn connect(
+        client_config: ClientConfig,
+        config: ConsumerConfig,
+    ) -> Result<Consumer, Error> {
+        Ok(Consumer::new(Client::connect(client_config).await?, config))
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Adds one partition, starting at `start`.
+    pub async fn assign(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        start: StartAt,
+    ) -> Result<(), Error> {
+        let t = self.client.refresh_topic(topic).await?;
+        let count = t.partitions.len() as u32;
+        if partition >= count {
+            return Err(Error::Invalid(format!(
+                "partition {partition} does not exist: topic '{topic}' has {count} partition{}",
+                if count == 1 { "" } else { "s" }
+            )));
+        }
+        self.add(topic, partition, start)
+    }
+
+    /// Adds every partition of a topic.
+    pub async fn assign_topic(&mut self, topic: &str, start: StartAt) -> Result<(), Error> {
+        let t = self.client.refresh_topic(topic).await?;
+        for p in &t.partitions {
+            self.add(topic, p.partition, start)?;
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, topic: &str, partition: u32, start: StartAt) -> Result<(), Error> {
+        if self.assigned.len() >= ASSIGNED_MAX {
+            return Err(Error::Invalid(format!(
+                "a consumer reads {ASSIGNED_MAX} partitions at most"
+            )));
+        }
+        self.assigned.insert(
+            (topic.to_string(), partition),
+            Assigned {
+                start,
+                position: match start {
+                    StartAt::Offset(o) if o >= 0 => Some(o),
+                    _ => None,
+                },
+            },
+        );
+        Ok(())
+    }
+
+    /// The assigned partitions.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.assigned.keys().cloned().collect()
+    }
+
+    /// Moves a partition's position; records buffered for it are dropped.
+    pub fn seek(&mut self, topic: &str, partition: u32, start: StartAt) {
+        if let Some(a) = self.assigned.get_mut(&(topic.to_string(), partition)) {
+            a.start = start;
+            a.position = match start {
+                StartAt::Offset(o) if o >= 0 => Some(o),
+                _ => None,
+            };
+            self.buffered
+                .retain(|r| !(r.topic == topic && r.partition == partition));
+        }
+    }
+
+    /// The next offset to fetch for a partition (None until resolved).
+    pub fn position(&self, topic: &str, partition: u32) -> Option<i64> {
+        self.assigned
+            .get(&(topic.to_string(), partition))
+            .and_then(|a| a.position)
+    }
+
+    /// Waits up to `timeout` for records; returns at most
+    /// `max_poll_records` (possibly none).
+    pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.buffered.is_empty() {
+                let n = self.buffered.len().min(self.config.max_poll_records.max(1));
+                return Ok(self.buffered.drain(..n).collect());
+            }
+            if self.assigned.is_empty() {
+                return Ok(Vec::new());
+            }
+            let progressed = self.fetch_round(deadline).await?;
+            if !self.buffered.is_empty() {
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            if !progressed {
+                let pause = Duration::from_millis(100).min(deadline - now);
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// Resolves positions, then fetches once from every leader. Returns
+    /// whether any fetch got an answer.
+    async fn fetch_round(&mut self, deadline: Instant) -> Result<bool, Error> {
+        // Resolve starting positions.
+        let unresolved: Vec<(String, u32, StartAt)> = self
+            .assigned
+            .iter()
+            .filter(|(_, a)| a.position.is_none())
+            .map(|((t, p), a)| (t.clone(), *p, a.start))
+            .collect();
+        for (topic, partition, start) in unresolved {
+            let offset = match start {
+                StartAt::Offset(o) if o >= 0 => Ok(o),
+                StartAt::Offset(_) | StartAt::Earliest => {
+                    self.list_offset(&topic, partition, -2).await
+                }
+                StartAt::Latest => self.list_offset(&topic, partition, -1).await,
+                StartAt::Timestamp(ts) => {
+                    match self.list_offset(&topic, partition, ts.max(0)).await {
+                        Ok(-1) => self.list_offset(&topic, partition, -1).await,
+                        other => other,
+                    }
+                }
+            };
+            match offset {
+                Ok(o) => {
+                    if let Some(a) = self.assigned.get_mut(&(topic.clone(), partition)) {
+                        a.position = Some(o);
+                    }
+                }
+                Err(e) if e.retriable() => self.client.set_leader(&topic, partition, 0),
+                Err(e) => return Err(e),
+            }
+        }
+        // Group by leader.
+        let mut by_leader: BTreeMap<u64, Vec<FetchPartition>> = BTreeMap::new();
+        let wanted: Vec<(String, u32, i64)> = self
+            .assigned
+            .iter()
+            .filter_map(|((t, p), a)| a.position.map(|o| (t.clone(), *p, o)))
+            .collect();
+        for (topic, partition, offset) in wanted {
+            let leader = match self.client.leader(&topic, partition) {
+                Some(l) => l,
+                None => match self.client.refresh_topic(&topic).await {
+                    Ok(_) => match self.client.leader(&topic, partition) {
+                        Some(l) => l,
+                        None => continue,
+                    },
+                    Err(e) if e.retriable() => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            by_leader.entry(leader).or_default().push(FetchPartition {
+                topic,
+                partition,
+                offset,
+                max_bytes: self.config.partition_max_bytes,
+            });
+        }
+        if by_leader.is_empty() {
+            return Ok(false);
+        }
+        let wait = self
+            .config
+            .fetch_max_wait
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let mut tasks = Vec::new();
+        for (leader, partitions) in by_leader {
+            let client = self.client.clone();
+            let req = Req::Fetch(FetchRequest {
+                partitions: partitions.clone(),
+                max_wait_ms: wait.as_millis() as u32,
+                min_bytes: 1,
+                max_bytes: self.config.fetch_max_bytes,
+            });
+            tasks.push((
+                partitions,
+                tokio::spawn(async move {
+                    let conn = client.broker(leader).await?;
+                    client.call(&conn, req).await
+                }),
+            ));
+        }
+        let mut progressed = false;
+        for (partitions, task) in tasks {
+            let answer = match task.await {
+                Ok(a) => a,
+                Err(e) => Err(Error::Transport(format!("fetch task failed: {e}"))),
+            };
+            match answer {
+                Ok(Resp::Fetch(f)) => {
+                    progressed = true;
+                    for fp in f.partitions {
+                        self.take(fp).await?;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.retriable() => {
+                    for p in partitions {
+                        self.client.set_leader(&p.topic, p.partition, 0);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(progressed)
+    }
+
+    async fn list_offset(&self, topic: &str, partition: u32, ts: i64) -> Result<i64, Error> {
+        let (_, conn) = self.client.leader_conn(topic, partition).await?;
+        let req = Req::ListOffsets(ListOffsetsRequest {
+            topic: topic.into(),
+            partition,
+            timestamp: ts,
+        });
+        match self.client.call(&conn, req).await? {
+            Resp::ListOffsets(lo) => match lo.error {
+                Some(e) => Err(Error::broker(&e)),
+                None => Ok(lo.offset),
+            },
+            _ => Err(Error::Transport("unexpected answer to list offsets".into())),
+        }
+    }
+
+    /// Takes one partition's fetch answer into the buffer.
+    async fn take(&mut self, fp: FetchedPartition) -> Result<(), Error> {
+        let key = (fp.topic.clone(), fp.partition);
+        let Some(position) = self.assigned.get(&key).and_then(|a| a.position) else {
+            return Ok(());
+        };
+        if let Some(e) = &fp.error {
+            let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unknown);
+            match code {
+                ErrorCode::OffsetOutOfRange => {
+                    // Only move forward if the records were deleted
+                    // (retention); a new leader whose high watermark lags
+                    // catches up, so wait for it.
+                    if let Ok(start) = self.list_offset(&fp.topic, fp.partition, -2).await {
+                        if position < start {
+                            if let Some(a) = self.assigned.get_mut(&key) {
+                                a.position = Some(start);
+                            }
+                        }
+                    }
+                }
+                ErrorCode::NotLeader if e.leader_id != 0 => {
+                    self.client.set_leader(&fp.topic, fp.partition, e.leader_id)
+                }
+                c if super::retriable_code(c) => self.client.set_leader(&fp.topic, fp.partition, 0),
+                _ => return Err(Error::broker(e)),
+            }
+            return Ok(());
+        }
+        let mut bytes = fp.records;
+        let mut next = position;
+        while !bytes.is_empty() {
+            let Ok(h) = BatchHeader::parse(&bytes, usize::MAX) else {
+                break;
+            };
+            let size = h.size_bytes();
+            if size > bytes.len() || size == 0 {
+                break;
+            }
+            let Ok(batch) = RecordBatch::parse(bytes.split_to(size), usize::MAX) else {
+                return Err(Error::Transport(format!(
+                    "corrupt batch in {}/{} at offset {}",
+                    fp.topic, fp.partition, h.base_offset
+                )));
+            };
+            if !batch.is_control() {
+                let records = batch.records().map_err(|e| {
+                    Error::Transport(format!(
+                        "undecodable batch in {}/{} at offset {}: {e}",
+                        fp.topic, fp.partition, h.base_offset
+                    ))
+                })?;
+                for r in records.into_iter().filter(|r| r.offset >= next) {
+                    self.buffered.push_back(ConsumerRecord {
+                        topic: fp.topic.clone(),
+                        partition: fp.partition,
+                        offset: r.offset,
+                        key: r.event.key,
+                        value: r.event.value,
+                        timestamp_ms: r.event.timestamp_ms,
+                        headers: r.event.headers,
+                    });
+                }
+            }
+            next = next.max(batch.next_offset());
+        }
+        if let Some(a) = self.assigned.get_mut(&key) {
+            a.position = Some(next);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,503 @@
+//! The producer: records are batched per partition (sent when a batch
+//! reaches `batch_size` or has waited `linger`), several batches are in
+//! flight at once over pipelined connections, and a failed batch is retried
+//! with backoff (refreshing the leader) until its delivery timeout.
+//!
+//! Without idempotence a retried batch whose first attempt did land is
+//! written twice (at-least-once, as Kafka's producer without idempotence).
+
+use super::metadata::{Client, ClientConfig};
+use super::partitioner::{partition_for_key, Sticky};
+use super::Error;
+use crate::proto::client_request::Body as Req;
+use crate::proto::client_response::Body as Resp;
+use crate::proto::{ErrorCode, ProduceRequest};
+use crate::types::{BatchBuilder, Event, Header};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// When the broker answers a produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// Once committed on a majority of replicas.
+    All,
+    /// Once the leader persisted it.
+    Leader,
+    /// Never: the send resolves once written to the socket, offset -1.
+    None,
+}
+
+impl Acks {
+    fn proto(self) -> crate::proto::Acks {
+        match self {
+            Acks::All => crate::proto::Acks::All,
+            Acks::Leader => crate::proto::Acks::Leader,
+            Acks::None => crate::proto::Acks::NoneAcks,
+        }
+    }
+}
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub acks: Acks,
+    /// How long a batch waits for more records before it is sent.
+    pub linger: Duration,
+    /// Bytes at which a batch is sent without waiting for `linger`.
+    pub batch_size: usize,
+    /// Bytes of records buffered (waiting or in flight) at most; `send`
+    /// waits for room.
+    pub buffer_memory: usize,
+    /// Batches in flight at most (over all connections).
+    pub max_in_flight: usize,
+    /// Largest record accepted, in bytes (encoded).
+    pub max_record_bytes: usize,
+    /// After this a record not yet acknowledged fails.
+    pub delivery_timeout: Duration,
+    /// How long the broker may take to answer one produce.
+    pub request_timeout: Duration,
+    pub retry_backoff: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::All,
+            linger: Duration::from_millis(5),
+            batch_size: 64 * 1024,
+            buffer_memory: 32 * 1024 * 1024,
+            max_in_flight: 32,
+            max_record_bytes: 1024 * 1024,
+            delivery_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A record to send. An explicit partition overrides the key's.
+#[derive(Debug, Clone, Default)]
+pub struct ProducerRecord {
+    pub topic: String,
+    pub partition: Option<u32>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+    /// Milliseconds since the epoch; now if unset.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl ProducerRecord {
+    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        ProducerRecord {
+            topic: topic.into(),
+            value: Some(value.into()),
+            ..Default::default()
+        }
+    }
+
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push(Header {
+            key: key.into(),
+            value: Some(value.into()),
+        });
+        self
+    }
+}
+
+type Outcome = Result<(u32, i64), Error>;
+
+/// Resolves to the (partition, offset) a record was written at.
+#[derive(Debug)]
+pub struct Delivery {
+    rx: oneshot::Receiver<Outcome>,
+}
+
+impl Future for Delivery {
+    type Output = Outcome;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+struct Pending {
+    event: Event,
+    tx: oneshot::Sender<Outcome>,
+    deadline: Instant,
+    _room: OwnedSemaphorePermit,
+}
+
+#[derive(Default)]
+struct Acc {
+    records: Vec<Pending>,
+    bytes: usize,
+    generation: u64,
+}
+
+#[derive(Default)]
+struct State {
+    accs: HashMap<(String, u32), Acc>,
+    sticky: Sticky,
+    generation: u64,
+    closed: bool,
+}
+
+struct Inner {
+    client: Client,
+    config: ProducerConfig,
+    state: Mutex<State>,
+    room: Arc<Semaphore>,
+    in_flight: Arc<Semaphore>,
+    outstanding: AtomicUsize,
+    idle: Notify,
+}
+
+/// The producer; cheap to clone.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+/// Bytes a batch's header takes, added to each batch's record bytes.
+const BATCH_OVERHEAD: usize = 61;
+
+impl Producer {
+    pub fn new(client: Client, config: ProducerConfig) -> Producer {
+        let permits = config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS);
+        Producer {
+            inner: Arc::new(Inner {
+                client,
+                room: Arc::new(Semaphore::new(permits)),
+                in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+                config,
+                state: Default::default(),
+                outstanding: AtomicUsize::new(0),
+                idle: Notify::new(),
+            }),
+        }
+    }
+
+    /// Connects through `client_config.bootstrap`.
+    pub async fn connect(
+        client_config: ClientConfig,
+        config: ProducerConfig,
+    ) -> Result<Producer, Error> {
+        Ok(Producer::new(Client::connect(client_config).await?, config))
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// Queues a record; the returned [`Delivery`] resolves once the broker
+    /// acknowledged it (or it failed). Waits while the buffer is full. Fails
+    /// at once for an unknown topic, a partition out of range or a record
+    /// too large.
+    pub async fn send(&self, rec: ProducerRecord) -> Result<Delivery, Error> {
+        let inner = &self.inner;
+        let topic = inner.client.topic(&rec.topic).await?;
+        let count = topic.partitions.len() as u32;
+        if count == 0 {
+            return Err(Error::Invalid(format!(
+                "topic '{}' has no partitions",
+                rec.topic
+            )));
+        }
+        let event = Event {
+            key: rec.key,
+            value: rec.value,
+            timestamp_ms: rec.timestamp_ms.unwrap_or_else(now_ms),
+            headers: rec.headers,
+        };
+        let size = BatchBuilder::new().record_size_bytes(&event);
+        let limit = inner
+            .config
+            .max_record_bytes
+            .min(inner.config.buffer_memory);
+        if size > limit {
+            return Err(Error::Invalid(format!(
+                "record of {size} bytes exceeds the limit of {limit} bytes"
+            )));
+        }
+        if let Some(p) = rec.partition {
+            if p >= count {
+                return Err(Error::Invalid(format!(
+                    "partition {p} does not exist: topic '{}' has {count} partition{} (0..{})",
+                    rec.topic,
+                    if count == 1 { "" } else { "s" },
+                    count - 1
+                )));
+            }
+        }
+        let room = tokio::time::timeout(
+            inner.config.delivery_timeout,
+            inner.room.clone().acquire_many_owned(size as u32),
+        )
+        .await
+        .map_err(|_| {
+            Error::Invalid(format!(
+                "the producer buffer stayed full for {} ms; the cluster is not keeping up",
+                inner.config.delivery_timeout.as_millis()
+            ))
+        })?
+        .map_err(|_| Error::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending {
+            event,
+            tx,
+            deadline: Instant::now() + inner.config.delivery_timeout,
+            _room: room,
+        };
+        let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        let keyless = rec.partition.is_none() && pending.event.key.is_none();
+        let partition = match (rec.partition, &pending.event.key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, count),
+            (None, None) => st.sticky.partition(&rec.topic, count),
+        };
+        inner.outstanding.fetch_add(1, Ordering::SeqCst);
+        st.generation += 1;
+        let generation = st.generation;
+        let key = (rec.topic.clone(), partition);
+        let acc = st.accs.entry(key.clone()).or_default();
+        if acc.records.is_empty() {
+            acc.generation = generation;
+            let this = self.clone();
+            let key = key.clone();
+            let linger = inner.config.linger;
+            tokio::spawn(async move {
+                tokio::time::sleep(linger).await;
+                this.drain(Some((key, generation)));
+            });
+        }
+        acc.bytes += size;
+        acc.records.push(pending);
+        if acc.bytes + BATCH_OVERHEAD >= inner.config.batch_size {
+            let batch = std::mem::take(&mut acc.records);
+            acc.bytes = 0;
+            if keyless {
+                st.sticky.next(&rec.topic);
+            }
+            drop(st);
+            self.dispatch(key.0, key.1, batch);
+        }
+        Ok(Delivery { rx })
+    }
+
+    /// Sends a record and waits for its acknowledgement.
+    pub async fn send_wait(&self, rec: ProducerRecord) -> Outcome {
+        self.send(rec).await?.await
+    }
+
+    /// Sends every waiting batch now and waits until every record sent so
+    /// far is acknowledged or failed.
+    pub async fn flush(&self) {
+        self.drain(None);
+        loop {
+            let idle = self.inner.idle.notified();
+            if self.inner.outstanding.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Flushes and refuses further sends.
+    pub async fn close(&self) {
+        self.flush().await;
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+    }
+
+    /// Sends the batch of `only` (if it is still the same batch), or every
+    /// waiting batch.
+    fn drain(&self, only: Option<((String, u32), u64)>) {
+        let mut ready = Vec::new();
+        {
+            let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            match only {
+                Some((key, generation)) => {
+                    if let Some(acc) = st.accs.get_mut(&key) {
+                        if acc.generation == generation && !acc.records.is_empty() {
+                            acc.bytes = 0;
+                            ready.push((key.clone(), std::mem::take(&mut acc.records)));
+                        }
+                    }
+                    // A keyless batch that lingered out moves the sticky
+                    // partition on, as a full one does.
+                    if !ready.is_empty() {
+                        st.sticky.next(&key.0);
+                    }
+                }
+                None => {
+                    for (key, acc) in st.accs.iter_mut() {
+                        if !acc.records.is_empty() {
+                            acc.bytes = 0;
+                            ready.push((key.clone(), std::mem::take(&mut acc.records)));
+                        }
+                    }
+                }
+            }
+            st.accs.retain(|_, a| !a.records.is_empty());
+        }
+        for ((topic, partition), batch) in ready {
+            self.dispatch(topic, partition, batch);
+        }
+    }
+
+    fn dispatch(&self, topic: String, partition: u32, batch: Vec<Pending>) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let permit = inner.in_flight.clone().acquire_owned().await;
+            let outcome = send_batch(&inner, &topic, partition, &batch).await;
+            drop(permit);
+            let n = batch.len();
+            for (i, p) in batch.into_iter().enumerate() {
+                let r = match &outcome {
+                    Ok(base) if *base < 0 => Ok((partition, -1)),
+                    Ok(base) => Ok((partition, base + i as i64)),
+                    Err(e) => Err(e.clone()),
+                };
+                let _ = p.tx.send(r);
+            }
+            if inner.outstanding.fetch_sub(n, Ordering::SeqCst) == n {
+                inner.idle.notify_waiters();
+            }
+        });
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Sends one batch, retrying until acknowledged, a non-retriable error, or
+/// the delivery timeout of its oldest record. Returns the base offset (-1
+/// for acks=0).
+async fn send_batch(
+    inner: &Inner,
+    topic: &str,
+    partition: u32,
+    batch: &[Pending],
+) -> Result<i64, Error> {
+    let deadline = batch
+        .iter()
+        .map(|p| p.deadline)
+        .min()
+        .unwrap_or_else(Instant::now);
+    let mut b = BatchBuilder::new();
+    for p in batch {
+        b.push(&p.event);
+    }
+    let bytes = b.build().into_bytes();
+    let cfg = &inner.config;
+    let client = &inner.client;
+    let mut last = String::from("none");
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::DeliveryTimeout {
+                after_ms: cfg.delivery_timeout.as_millis() as u64,
+                last_error: last,
+            });
+        }
+        let left = deadline - now;
+        let attempt = async {
+            let (_, conn) = client.leader_conn(topic, partition).await?;
+            let timeout = cfg.request_timeout.min(left);
+            let req = Req::Produce(ProduceRequest {
+                topic: topic.into(),
+                partition,
+                acks: cfg.acks.proto() as i32,
+                batch: bytes.clone(),
+                timeout_ms: timeout.as_millis().max(1) as u32,
+            });
+            if cfg.acks == Acks::None {
+                // Nothing comes back: the request is written, then the
+                // wait for an answer times out at once.
+                let _ = conn.request(req, Duration::ZERO).await;
+                if conn.is_broken() {
+                    return Err(Error::Transport(format!(
+                        "connection to {} broke",
+                        conn.addr()
+                    )));
+                }
+                return Ok(-1);
+            }
+            let resp = conn
+                .request(req, timeout + Duration::from_secs(1))
+                .await
+                .map_err(Error::from)?;
+            if let Some(e) = resp.error {
+                return Err(Error::broker(&e));
+            }
+            match resp.body {
+                Some(Resp::Produce(p)) => match p.error {
+                    None => Ok(p.base_offset),
+                    Some(e) => {
+                        if e.code == ErrorCode::NotLeader as i32 && e.leader_id != 0 {
+                            client.set_leader(topic, partition, e.leader_id);
+                        } else {
+                            client.set_leader(topic, partition, 0);
+                        }
+                        Err(Error::broker(&e))
+                    }
+                },
+                _ => Err(Error::Transport("unexpected answer to a produce".into())),
+            }
+        };
+        match tokio::time::timeout(left, attempt).await {
+            Ok(Ok(base)) => return Ok(base),
+            Ok(Err(e)) if !e.retriable() => return Err(e),
+            Ok(Err(e)) => {
+                if !matches!(e.code(), Some(ErrorCode::NotLeader)) {
+                    client.set_leader(topic, partition, 0);
+                }
+                last = e.to_string();
+            }
+            Err(_) => last = "request timed out".into(),
+        }
+        tokio::time::sleep(
+            cfg.retry_backoff
+                .min(deadline.saturating_duration_since(Instant::now())),
+        )
+        .await;
+    }
+}

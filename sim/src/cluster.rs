@@ -11,6 +11,7 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use weir::broker::{self, BrokerConfig, Seams};
 use weir::client::Connection;
 use weir::io::net::NetworkRef;
+use weir::io::{DiskRef, FaultConfig, FaultHandle, FaultyDisk};
 use weir::proto::client_request::Body as Req;
 use weir::proto::client_response::Body as Resp;
 use weir::proto::*;
@@ -139,8 +141,12 @@ pub fn run(o: &Options) -> RunResult {
         .borrow_mut()
         .trace
         .push(0, format!("seed={} plan: {plan}", o.seed));
-    add_hosts(&mut sim, o, &world);
-    let error = drive(&mut sim, o, &world, &mut nemesis);
+    let disks: SharedDisks = Rc::new(RefCell::new(Disks {
+        config: nemesis.plan.disk,
+        ..Disks::default()
+    }));
+    add_hosts(&mut sim, o, &world, &disks);
+    let error = drive(&mut sim, o, &world, &mut nemesis, &disks);
     let simulated = sim.elapsed();
     drop(sim);
     let w = Rc::try_unwrap(world)
@@ -168,10 +174,12 @@ fn clone_world(w: &World) -> World {
     }
 }
 
-fn add_hosts(sim: &mut turmoil::Sim, o: &Options, world: &Shared) {
+fn add_hosts(sim: &mut turmoil::Sim, o: &Options, world: &Shared, disks: &SharedDisks) {
     for id in 1..=o.brokers {
-        let (n, seed) = (o.brokers, o.seed);
-        sim.host(broker_host(id), move || run_broker(id, n, seed));
+        let (n, seed, disks) = (o.brokers, o.seed, disks.clone());
+        sim.host(broker_host(id), move || {
+            run_broker(id, n, seed, make_disk(&disks, id, seed))
+        });
     }
     let cfg = Rc::new(o.clone());
     let (w, c) = (world.clone(), cfg.clone());
@@ -213,6 +221,7 @@ fn drive(
     o: &Options,
     world: &Shared,
     nemesis: &mut Nemesis,
+    disks: &SharedDisks,
 ) -> Option<String> {
     let mut safety_end = None;
     let mut quiet_end = None;
@@ -229,12 +238,23 @@ fn drive(
             Phase::Setup if now > SETUP_LIMIT => return Some("setup timed out".into()),
             Phase::Setup => {}
             Phase::Safety => {
+                if safety_end.is_none() {
+                    disks_on(disks);
+                }
                 let end = *safety_end.get_or_insert(now + Duration::from_secs(o.duration_s));
                 let mut w = world.borrow_mut();
                 if now < end {
                     nemesis.tick(sim, now_ms, &mut w.trace);
                 } else {
                     nemesis.heal(sim, now_ms, &mut w.trace);
+                    if let Some(why) = disks_off(disks) {
+                        // Replicas stopped by a disk error resume on restart.
+                        w.trace.push(now.as_millis(), why);
+                        for id in 1..=o.brokers {
+                            sim.bounce(broker_host(id));
+                        }
+                        w.trace.push(now.as_millis(), "restarted every broker");
+                    }
                     w.phase = Phase::Quiet;
                     w.trace.push(now.as_millis(), "quiet phase");
                     quiet_end = Some(now + Duration::from_secs(o.quiet_s));
@@ -274,15 +294,74 @@ fn broker_config(id: u64, n: u64, seed: u64) -> BrokerConfig {
     c
 }
 
-async fn run_broker(id: u64, n: u64, seed: u64) -> turmoil::Result {
+/// Disk faults, shared by the broker hosts (which wrap their disk at each
+/// start) and the simulation loop (which switches them off for the quiet
+/// phase).
+#[derive(Default)]
+struct Disks {
+    config: Option<FaultConfig>,
+    /// Off during setup, on in the safety phase.
+    on: bool,
+    starts: u64,
+    handles: Vec<FaultHandle>,
+}
+
+type SharedDisks = Rc<RefCell<Disks>>;
+
+/// The disk for one start of broker `id`: faulty while faults are on.
+fn make_disk(disks: &SharedDisks, id: u64, seed: u64) -> DiskRef {
+    let mut d = disks.borrow_mut();
+    d.starts += 1;
+    let Some(config) = d.config else {
+        return Arc::new(SimDisk::new());
+    };
+    let disk_seed = seed ^ (id << 48) ^ d.starts;
+    let faulty = FaultyDisk::new(Arc::new(SimDisk::new()), config, disk_seed);
+    faulty.set_enabled(d.on);
+    d.handles.push(faulty.handle());
+    Arc::new(faulty)
+}
+
+/// Switches disk faults on for the safety phase.
+fn disks_on(disks: &SharedDisks) {
+    let mut d = disks.borrow_mut();
+    if d.config.is_some() {
+        d.on = true;
+        for h in &d.handles {
+            h.set_enabled(true);
+        }
+    }
+}
+
+/// Switches disk faults off for good and says how many were injected.
+fn disks_off(disks: &SharedDisks) -> Option<String> {
+    let mut d = disks.borrow_mut();
+    d.config.take()?;
+    d.on = false;
+    let mut total = 0;
+    for h in &d.handles {
+        h.set_enabled(false);
+        total += h.stats().total();
+    }
+    Some(format!("disk faults off after {total} injected"))
+}
+
+async fn run_broker(id: u64, n: u64, seed: u64, disk: DiskRef) -> turmoil::Result {
     let seams = Seams {
-        disk: Arc::new(SimDisk::new()),
+        disk,
         net: Arc::new(SimNetwork::new()),
         clock: Arc::new(crate::sim_clock()),
         // Synchronous and silent: slog-async threads would break determinism.
         logger: slog::Logger::root(slog::Discard, slog::o!()),
     };
-    let running = broker::start(broker_config(id, n, seed), seams).await?;
+    // A start can fail on an injected disk error; retry as a supervisor
+    // would, rather than failing the whole simulation.
+    let running = loop {
+        match broker::start(broker_config(id, n, seed), seams.clone()).await {
+            Ok(r) => break r,
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    };
     std::future::pending::<()>().await;
     drop(running);
     Ok(())
@@ -304,15 +383,17 @@ enum Ask {
 
 impl Conns {
     async fn ask(&mut self, id: u64, body: Req) -> Result<Resp, Ask> {
-        if !self.open.contains_key(&id) {
-            let net: NetworkRef = Arc::new(SimNetwork::new());
-            let addr = format!("{}:7400", broker_host(id));
-            let c = Connection::connect(&net, &addr)
-                .await
-                .map_err(|_| Ask::NotSent)?;
-            self.open.insert(id, c);
-        }
-        let c = self.open.get(&id).ok_or(Ask::NotSent)?;
+        let c = match self.open.entry(id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let net: NetworkRef = Arc::new(SimNetwork::new());
+                let addr = format!("{}:7400", broker_host(id));
+                let c = Connection::connect(&net, &addr)
+                    .await
+                    .map_err(|_| Ask::NotSent)?;
+                v.insert(c)
+            }
+        };
         match c.request(body, REQUEST_TIMEOUT).await {
             Ok(r) => r.body.ok_or(Ask::NoAnswer),
             Err(_) => {

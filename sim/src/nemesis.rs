@@ -8,6 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
+use weir::io::{FaultConfig, FaultKind as DiskFault};
 
 /// The kinds of fault a run may inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,14 +22,18 @@ pub enum FaultKind {
     Crash,
     /// Slow every link of one broker; also draws the run's base latency.
     Delay,
+    /// Seeded disk errors (EIO, ENOSPC, short reads, bit flips) on every
+    /// broker for the whole safety phase, via `weir::io::FaultyDisk`.
+    Disk,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 4] = [
+    pub const ALL: [FaultKind; 5] = [
         FaultKind::Isolate,
         FaultKind::Split,
         FaultKind::Crash,
         FaultKind::Delay,
+        FaultKind::Disk,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +42,7 @@ impl FaultKind {
             FaultKind::Split => "split",
             FaultKind::Crash => "crash",
             FaultKind::Delay => "delay",
+            FaultKind::Disk => "disk",
         }
     }
 
@@ -59,6 +65,8 @@ pub struct Plan {
     pub max_latency_ms: u64,
     /// The maximum latency of a slowed link.
     pub slow_latency_ms: u64,
+    /// Disk fault rates for the safety phase, if disk faults are on.
+    pub disk: Option<FaultConfig>,
 }
 
 impl Plan {
@@ -68,12 +76,26 @@ impl Plan {
             interval_ms: rng.gen_range(500..3000),
             weights: kinds
                 .iter()
+                .filter(|k| **k != FaultKind::Disk)
                 .map(|k| (*k, rng.gen_range(0.1..1.0)))
                 .collect(),
             max_latency_ms: if delay { rng.gen_range(5..60) } else { 5 },
             slow_latency_ms: rng.gen_range(100..800),
+            disk: kinds.contains(&FaultKind::Disk).then(|| disk_config(rng)),
         }
     }
+}
+
+/// `FaultyDisk`'s random rates, scaled down: every failed append or fsync
+/// stops a replica until its broker restarts, so full rates would leave
+/// nothing running after the first second.
+fn disk_config(rng: &mut ChaCha8Rng) -> FaultConfig {
+    let mut c = FaultConfig::random(rng);
+    let scale = rng.gen_range(0.01..0.2);
+    for k in DiskFault::ALL {
+        *c.probability_mut(k) *= scale;
+    }
+    c
 }
 
 impl fmt::Display for Plan {
@@ -86,7 +108,14 @@ impl fmt::Display for Plan {
             f,
             " latency<={}ms slow<={}ms",
             self.max_latency_ms, self.slow_latency_ms
-        )
+        )?;
+        if let Some(d) = &self.disk {
+            write!(f, " disk:")?;
+            for k in DiskFault::ALL {
+                write!(f, " {}={:.5}", k.name(), d.probability(k))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -171,6 +200,8 @@ impl Nemesis {
             }
             FaultKind::Crash => Active::Crashed(self.random_broker()),
             FaultKind::Delay => Active::Slow(self.random_broker()),
+            // Continuous, not an episode: never among the weights.
+            FaultKind::Disk => return,
         };
         self.apply(&active, sim, now, trace);
         self.active = Some(active);

@@ -117,6 +117,11 @@ fn note(w: &Shared, event: String) {
     w.borrow_mut().trace.push(now_ms(), event);
 }
 
+/// The faults the seed chooses, as `run` will print them in the trace.
+pub fn plan(o: &Options) -> String {
+    Nemesis::new(o.seed, o.brokers, &o.faults).plan.to_string()
+}
+
 /// Runs one seed.
 pub fn run(o: &Options) -> RunResult {
     weir::bugs::set(o.bugs);

@@ -105,7 +105,6 @@ fn seeds(a: &Args) -> Result<std::ops::Range<u64>, String> {
 /// Prints one run; the trace line first so a failure is easy to replay.
 fn report(r: &RunResult, seed: u64, print_trace: bool) {
     println!("seed={seed} trace={:016x}", r.trace.hash());
-    println!("  plan: {}", r.plan);
     if print_trace {
         for line in &r.trace.lines {
             println!("  | {line}");
@@ -150,10 +149,12 @@ fn main() -> ExitCode {
     let mut failed = Vec::new();
     let mut simulated = 0.0;
     for seed in range.clone() {
-        let r = cluster::run(&Options {
+        let o = Options {
             seed,
             ..base.clone()
-        });
+        };
+        println!("seed={seed} plan: {}", cluster::plan(&o));
+        let r = cluster::run(&o);
         report(&r, seed, args.trace);
         simulated += r.simulated.as_secs_f64();
         if !r.passed() {

@@ -58,7 +58,7 @@ impl Default for Options {
             brokers: 3,
             duration_s: 20,
             quiet_s: 60,
-            faults: FaultKind::ALL.to_vec(),
+            faults: FaultKind::DEFAULT.to_vec(),
             partitions: 3,
             replication_factor: 3,
             producers: 3,
@@ -103,6 +103,9 @@ struct World {
     /// The highest acknowledged offset per partition: consumers stop once
     /// past all of them in the quiet phase.
     acked_max: BTreeMap<u32, i64>,
+    /// Producers still running: consumers finish only after all have
+    /// stopped, so no acknowledgement arrives after the last read.
+    producers_left: u32,
     consumers_left: u32,
     setup_error: Option<String>,
 }
@@ -139,6 +142,7 @@ pub fn run(o: &Options) -> RunResult {
         trace: Trace::default(),
         history: History::default(),
         acked_max: BTreeMap::new(),
+        producers_left: o.producers,
         consumers_left: o.consumers + 1,
         setup_error: None,
     }));
@@ -174,6 +178,7 @@ fn clone_world(w: &World) -> World {
         trace: w.trace.clone(),
         history: w.history.clone(),
         acked_max: w.acked_max.clone(),
+        producers_left: w.producers_left,
         consumers_left: w.consumers_left,
         setup_error: w.setup_error.clone(),
     }
@@ -485,13 +490,14 @@ async fn producer(w: Shared, o: Rc<Options>, i: u32) {
             let to = *leader
                 .entry(partition)
                 .or_insert_with(|| rng.gen_range(1..=o.brokers));
+            let at = begin_write(&w, i, partition, &key, &value);
             let (outcome, hint) = produce_once(&mut conns, to, partition, &key, &value).await;
             let acked = matches!(outcome, Outcome::Acked { .. });
             if !acked {
                 let next = hint.unwrap_or_else(|| rng.gen_range(1..=o.brokers));
                 leader.insert(partition, next);
             }
-            record_write(&w, i, to, partition, &key, &value, outcome);
+            finish_write(&w, at, to, outcome);
             if acked || phase(&w) != Phase::Safety {
                 break;
             }
@@ -499,33 +505,41 @@ async fn producer(w: Shared, o: Rc<Options>, i: u32) {
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(5..40))).await;
     }
+    w.borrow_mut().producers_left -= 1;
 }
 
-fn record_write(
-    w: &Shared,
-    i: u32,
-    to: u64,
-    partition: u32,
-    key: &str,
-    value: &str,
-    outcome: Outcome,
-) {
+/// Records an attempt as it starts, as `Unknown`: if the run ends before
+/// it is answered, that is what it stays.
+fn begin_write(w: &Shared, i: u32, partition: u32, key: &str, value: &str) -> usize {
     let mut wm = w.borrow_mut();
-    wm.trace.push(
-        now_ms(),
-        format!("p{i} produce {partition}:{key}={value} via b{to} -> {outcome:?}"),
-    );
-    if let Outcome::Acked { offset } = outcome {
-        let m = wm.acked_max.entry(partition).or_insert(offset);
-        *m = (*m).max(offset);
-    }
     wm.history.writes.push(Write {
         producer: i,
         partition,
         key: key.into(),
         value: value.into(),
-        outcome,
+        outcome: Outcome::Unknown,
     });
+    wm.history.writes.len() - 1
+}
+
+fn finish_write(w: &Shared, at: usize, to: u64, outcome: Outcome) {
+    let mut wm = w.borrow_mut();
+    let Some(write) = wm.history.writes.get_mut(at) else {
+        return;
+    };
+    write.outcome = outcome.clone();
+    let (p, line) = (
+        write.partition,
+        format!(
+            "p{} produce {}:{}={} via b{to} -> {outcome:?}",
+            write.producer, write.partition, write.key, write.value
+        ),
+    );
+    wm.trace.push(now_ms(), line);
+    if let Outcome::Acked { offset } = outcome {
+        let m = wm.acked_max.entry(p).or_insert(offset);
+        *m = (*m).max(offset);
+    }
 }
 
 /// One attempt; also returns the leader a NOT_LEADER answer named.
@@ -622,6 +636,7 @@ async fn consumer(w: Shared, o: Rc<Options>, c: u32, late: bool) {
 fn caught_up(w: &Shared, pos: &BTreeMap<u32, i64>) -> bool {
     let wm = w.borrow();
     wm.phase == Phase::Quiet
+        && wm.producers_left == 0
         && wm
             .acked_max
             .iter()

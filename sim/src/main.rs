@@ -2,6 +2,7 @@
 //! See docs/simulation.md.
 
 use clap::Parser;
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant;
 use weir_sim::cluster::{self, Options, RunResult};
@@ -146,8 +147,7 @@ fn main() -> ExitCode {
         }
     };
     let started = Instant::now();
-    let mut failed = Vec::new();
-    let mut simulated = 0.0;
+    let mut t = Totals::default();
     for seed in range.clone() {
         let o = Options {
             seed,
@@ -156,27 +156,74 @@ fn main() -> ExitCode {
         println!("seed={seed} plan: {}", cluster::plan(&o));
         let r = cluster::run(&o);
         report(&r, seed, args.trace);
-        simulated += r.simulated.as_secs_f64();
-        if !r.passed() {
-            failed.push(seed);
-        }
+        t.add(seed, &r);
     }
-    let wall = started.elapsed().as_secs_f64();
-    let n = range.end.saturating_sub(range.start);
-    println!(
-        "{} seeds passed, {} failed",
-        n - failed.len() as u64,
-        failed.len()
+    t.print(
+        range.end.saturating_sub(range.start),
+        started.elapsed().as_secs_f64(),
     );
-    println!(
-        "wall {wall:.1}s: {:.1} seeds/min, {:.1} simulated s per wall s",
-        n as f64 * 60.0 / wall.max(1e-9),
-        simulated / wall.max(1e-9)
-    );
-    if failed.is_empty() {
+    if t.failed.is_empty() {
         ExitCode::SUCCESS
     } else {
-        println!("failing seeds: {failed:?}");
         ExitCode::FAILURE
+    }
+}
+
+/// What a range of seeds checked and found.
+#[derive(Default)]
+struct Totals {
+    failed: Vec<u64>,
+    simulated: f64,
+    writes: usize,
+    acked: usize,
+    records: usize,
+    anomalies: BTreeMap<&'static str, usize>,
+}
+
+impl Totals {
+    fn add(&mut self, seed: u64, r: &RunResult) {
+        if !r.passed() {
+            self.failed.push(seed);
+        }
+        self.simulated += r.simulated.as_secs_f64();
+        self.writes += r.report.writes;
+        self.acked += r.report.acked;
+        self.records += r.report.records_read;
+        for (name, n) in r.report.counts() {
+            *self.anomalies.entry(name).or_default() += n;
+        }
+    }
+
+    /// The summary; its last line is the verdict.
+    fn print(&self, n: u64, wall: f64) {
+        let found: Vec<String> = self
+            .anomalies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "checked {} produce attempts ({} acked) and {} records read; anomalies: {}",
+            self.writes,
+            self.acked,
+            self.records,
+            if found.is_empty() {
+                "none".into()
+            } else {
+                found.join(" ")
+            }
+        );
+        println!(
+            "wall {wall:.1}s: {:.1} seeds/min, {:.1} simulated s per wall s",
+            n as f64 * 60.0 / wall.max(1e-9),
+            self.simulated / wall.max(1e-9)
+        );
+        if !self.failed.is_empty() {
+            println!("failing seeds: {:?}", self.failed);
+        }
+        println!(
+            "{} seeds passed, {} failed",
+            n - self.failed.len() as u64,
+            self.failed.len()
+        );
     }
 }

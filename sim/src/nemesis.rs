@@ -36,6 +36,15 @@ impl FaultKind {
         FaultKind::Disk,
     ];
 
+    /// The default set: all but `Disk`, whose storage errors still make
+    /// raft-rs panic in a broker (see docs/simulation.md).
+    pub const DEFAULT: [FaultKind; 4] = [
+        FaultKind::Isolate,
+        FaultKind::Split,
+        FaultKind::Crash,
+        FaultKind::Delay,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Isolate => "isolate",

@@ -107,6 +107,8 @@ struct World {
     /// stopped, so no acknowledgement arrives after the last read.
     producers_left: u32,
     consumers_left: u32,
+    /// The broker that acknowledged the latest write: a leader to isolate.
+    last_leader: Option<u64>,
     setup_error: Option<String>,
 }
 
@@ -144,6 +146,7 @@ pub fn run(o: &Options) -> RunResult {
         acked_max: BTreeMap::new(),
         producers_left: o.producers,
         consumers_left: o.consumers + 1,
+        last_leader: None,
         setup_error: None,
     }));
     world
@@ -180,6 +183,7 @@ fn clone_world(w: &World) -> World {
         acked_max: w.acked_max.clone(),
         producers_left: w.producers_left,
         consumers_left: w.consumers_left,
+        last_leader: w.last_leader,
         setup_error: w.setup_error.clone(),
     }
 }
@@ -254,6 +258,7 @@ fn drive(
                 let end = *safety_end.get_or_insert(now + Duration::from_secs(o.duration_s));
                 let mut w = world.borrow_mut();
                 if now < end {
+                    nemesis.leader = w.last_leader;
                     nemesis.tick(sim, now_ms, &mut w.trace);
                 } else {
                     nemesis.heal(sim, now_ms, &mut w.trace);
@@ -537,6 +542,7 @@ fn finish_write(w: &Shared, at: usize, to: u64, outcome: Outcome) {
     );
     wm.trace.push(now_ms(), line);
     if let Outcome::Acked { offset } = outcome {
+        wm.last_leader = Some(to);
         let m = wm.acked_max.entry(p).or_insert(offset);
         *m = (*m).max(offset);
     }

@@ -13,8 +13,8 @@ use weir::io::{FaultConfig, FaultKind as DiskFault};
 /// The kinds of fault a run may inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FaultKind {
-    /// Cut one broker off from every other broker (often a leader: each
-    /// broker leads about 1/N of the partitions).
+    /// Cut one broker off from every other broker: usually the broker that
+    /// acknowledged the latest write (a leader), else a random one.
     Isolate,
     /// Split the brokers into a random minority and majority.
     Split,
@@ -144,6 +144,8 @@ pub struct Nemesis {
     active: Option<Active>,
     crashed: BTreeSet<u64>,
     next_ms: u64,
+    /// A broker known to lead some partition, set by the caller.
+    pub leader: Option<u64>,
 }
 
 impl Nemesis {
@@ -158,6 +160,7 @@ impl Nemesis {
             active: None,
             crashed: BTreeSet::new(),
             next_ms: 0,
+            leader: None,
         }
     }
 
@@ -196,7 +199,12 @@ impl Nemesis {
     fn inject(&mut self, kind: FaultKind, sim: &mut turmoil::Sim, now: u64, trace: &mut Trace) {
         let active = match kind {
             FaultKind::Isolate => {
-                let victim = self.random_broker();
+                // Mostly a leader: the one that acknowledged the latest write.
+                let at_leader = self.rng.gen_bool(0.75);
+                let victim = match self.leader {
+                    Some(l) if at_leader => l,
+                    _ => self.random_broker(),
+                };
                 let rest = (1..=self.brokers).filter(|b| *b != victim).collect();
                 Active::Cut(vec![victim], rest)
             }

@@ -261,17 +261,7 @@ fn drive(
                     nemesis.leader = w.last_leader;
                     nemesis.tick(sim, now_ms, &mut w.trace);
                 } else {
-                    nemesis.heal(sim, now_ms, &mut w.trace);
-                    if let Some(why) = disks_off(disks) {
-                        // Replicas stopped by a disk error resume on restart.
-                        w.trace.push(now.as_millis(), why);
-                        for id in 1..=o.brokers {
-                            sim.bounce(broker_host(id));
-                        }
-                        w.trace.push(now.as_millis(), "restarted every broker");
-                    }
-                    w.phase = Phase::Quiet;
-                    w.trace.push(now.as_millis(), "quiet phase");
+                    start_quiet(sim, o, &mut w, nemesis, disks, now_ms);
                     quiet_end = Some(now + Duration::from_secs(o.quiet_s));
                 }
             }
@@ -290,6 +280,28 @@ fn drive(
             return None;
         }
     }
+}
+
+/// Ends the safety phase: every fault healed, producers told to stop.
+fn start_quiet(
+    sim: &mut turmoil::Sim,
+    o: &Options,
+    w: &mut World,
+    nemesis: &mut Nemesis,
+    disks: &SharedDisks,
+    now_ms: u64,
+) {
+    nemesis.heal(sim, now_ms, &mut w.trace);
+    if let Some(why) = disks_off(disks) {
+        // Replicas stopped by a disk error resume on restart.
+        w.trace.push(now_ms as u128, why);
+        for id in 1..=o.brokers {
+            sim.bounce(broker_host(id));
+        }
+        w.trace.push(now_ms as u128, "restarted every broker");
+    }
+    w.phase = Phase::Quiet;
+    w.trace.push(now_ms as u128, "quiet phase");
 }
 
 fn broker_config(id: u64, n: u64, seed: u64) -> BrokerConfig {

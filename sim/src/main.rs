@@ -74,6 +74,12 @@ fn options(a: &Args) -> Result<Options, String> {
     if a.brokers == 0 || a.partitions == 0 || a.keys == 0 {
         return Err("--brokers, --partitions and --keys must be at least 1".into());
     }
+    if a.replication_factor as u64 > a.brokers || a.replication_factor == 0 {
+        return Err(format!(
+            "--replication-factor must be 1 to --brokers ({})",
+            a.brokers
+        ));
+    }
     Ok(Options {
         seed: 0,
         brokers: a.brokers,

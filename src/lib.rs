@@ -17,10 +17,12 @@
 //! - [`broker`]: wires it all together on injected seams.
 //! - [`client`]: the native client.
 //! - [`cli`]: what the `weir` command runs (the broker, logging).
+//! - [`bugs`]: deliberate bugs the simulator injects (feature `inject-bugs`).
 //! - [`bench`]: the `weir bench` benchmarks, measuring storage on this machine.
 
 pub mod bench;
 pub mod broker;
+pub mod bugs;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -7,9 +7,16 @@
 //! - [`net`]: [`SimNetwork`], Weir's `Network` on turmoil's simulated TCP.
 //! - [`log_model`]: the partition log checked against an in-memory model,
 //!   on any disk.
+//! - [`cluster`]: one seeded run of a whole cluster under faults (the
+//!   `weir-sim` binary), recording a [`history`] for the [`checker`]s;
+//!   faults come from the [`nemesis`].
 
+pub mod checker;
+pub mod cluster;
 pub mod disk;
+pub mod history;
 pub mod log_model;
+pub mod nemesis;
 pub mod net;
 
 pub use disk::SimDisk;

@@ -241,6 +241,12 @@ impl PartitionService {
             .unwrap_or(0);
         let max_bytes = max_bytes.clamp(1, FETCH_PARTITION_BYTES_MAX);
         replica.log.with_log(|log| {
+            // Injected bug: serve uncommitted records, up to the log end.
+            let hw = if crate::bugs::on(crate::bugs::FETCH_BEYOND_HW) {
+                log.next_offset()
+            } else {
+                hw
+            };
             let start = log.log_start_offset();
             if offset < start || offset > hw {
                 return Err(PartitionError::new(

@@ -494,6 +494,10 @@ impl Driver {
         if let Some(reply) = p.reply {
             let waiter = Waiter { term, reply };
             match p.acks {
+                // Injected bug: answer acks=all before the group commits.
+                Acks::All if crate::bugs::on(crate::bugs::ACK_BEFORE_COMMIT) => {
+                    g.waiting_persist.push_back((index, waiter))
+                }
                 Acks::All => {
                     g.waiting_commit.insert(index, waiter);
                 }

@@ -1,0 +1,761 @@
+//! One simulated run: N real brokers on turmoil hosts (SimDisk,
+//! SimNetwork), keyed acks=all producers and from-the-beginning consumers
+//! on client hosts, faults from the seed in a safety phase, then a quiet
+//! phase in which everything is healed and consumers catch up.
+
+use crate::checker::{self, Report};
+use crate::history::{BatchSeen, History, Outcome, Poll, Rec, Trace, Write};
+use crate::nemesis::{broker_host, FaultKind, Nemesis};
+use crate::{SimDisk, SimNetwork};
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cell::RefCell;
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use weir::broker::{self, BrokerConfig, Seams};
+use weir::client::Connection;
+use weir::io::net::NetworkRef;
+use weir::io::{DiskRef, FaultConfig, FaultHandle, FaultyDisk};
+use weir::proto::client_request::Body as Req;
+use weir::proto::client_response::Body as Resp;
+use weir::proto::*;
+use weir::types::{BatchBuilder, BatchHeader, Event, RecordBatch};
+
+const TOPIC: &str = "sim";
+/// How long the cluster may take to form and create the topic.
+const SETUP_LIMIT: Duration = Duration::from_secs(60);
+/// A client's wait for any one response.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub seed: u64,
+    pub brokers: u64,
+    /// Simulated seconds of the safety phase (faults on).
+    pub duration_s: u64,
+    /// Simulated seconds the quiet phase may take at most.
+    pub quiet_s: u64,
+    pub faults: Vec<FaultKind>,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub producers: u32,
+    pub consumers: u32,
+    pub keys: u32,
+    /// Bit set of `weir::bugs` to switch on.
+    pub bugs: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            seed: 0,
+            brokers: 3,
+            duration_s: 20,
+            quiet_s: 60,
+            faults: FaultKind::DEFAULT.to_vec(),
+            partitions: 3,
+            replication_factor: 3,
+            producers: 3,
+            consumers: 2,
+            keys: 8,
+            bugs: 0,
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunResult {
+    pub plan: String,
+    pub trace: Trace,
+    pub history: History,
+    pub report: Report,
+    /// The run could not complete (setup or the simulation failed).
+    pub error: Option<String>,
+    pub simulated: Duration,
+}
+
+impl RunResult {
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && !self.report.failed()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Setup,
+    Safety,
+    Quiet,
+}
+
+/// The state client hosts and the simulation loop share (turmoil runs
+/// every host on this thread).
+struct World {
+    phase: Phase,
+    trace: Trace,
+    history: History,
+    /// The highest acknowledged offset per partition: consumers stop once
+    /// past all of them in the quiet phase.
+    acked_max: BTreeMap<u32, i64>,
+    /// Producers still running: consumers finish only after all have
+    /// stopped, so no acknowledgement arrives after the last read.
+    producers_left: u32,
+    consumers_left: u32,
+    /// The broker that acknowledged the latest write: a leader to isolate.
+    last_leader: Option<u64>,
+    setup_error: Option<String>,
+}
+
+type Shared = Rc<RefCell<World>>;
+
+fn now_ms() -> u128 {
+    turmoil::sim_elapsed().unwrap_or_default().as_millis()
+}
+
+fn note(w: &Shared, event: String) {
+    w.borrow_mut().trace.push(now_ms(), event);
+}
+
+/// The faults the seed chooses, as `run` will print them in the trace.
+pub fn plan(o: &Options) -> String {
+    Nemesis::new(o.seed, o.brokers, &o.faults).plan.to_string()
+}
+
+/// Runs one seed.
+pub fn run(o: &Options) -> RunResult {
+    weir::bugs::set(o.bugs);
+    let mut nemesis = Nemesis::new(o.seed, o.brokers, &o.faults);
+    let plan = nemesis.plan.to_string();
+    let total = SETUP_LIMIT + Duration::from_secs(o.duration_s + o.quiet_s + 10);
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(o.seed)
+        .simulation_duration(total)
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(nemesis.plan.max_latency_ms))
+        .build();
+    let world: Shared = Rc::new(RefCell::new(World {
+        phase: Phase::Setup,
+        trace: Trace::default(),
+        history: History::default(),
+        acked_max: BTreeMap::new(),
+        producers_left: o.producers,
+        consumers_left: o.consumers + 1,
+        last_leader: None,
+        setup_error: None,
+    }));
+    world
+        .borrow_mut()
+        .trace
+        .push(0, format!("seed={} plan: {plan}", o.seed));
+    let disks: SharedDisks = Rc::new(RefCell::new(Disks {
+        config: nemesis.plan.disk,
+        ..Disks::default()
+    }));
+    add_hosts(&mut sim, o, &world, &disks);
+    let error = drive(&mut sim, o, &world, &mut nemesis, &disks);
+    let simulated = sim.elapsed();
+    drop(sim);
+    let w = Rc::try_unwrap(world)
+        .map(RefCell::into_inner)
+        .unwrap_or_else(|rc| clone_world(&rc.borrow()));
+    let report = checker::check(&w.history);
+    RunResult {
+        plan,
+        trace: w.trace,
+        history: w.history,
+        report,
+        error: error.or(w.setup_error),
+        simulated,
+    }
+}
+
+fn clone_world(w: &World) -> World {
+    World {
+        phase: w.phase,
+        trace: w.trace.clone(),
+        history: w.history.clone(),
+        acked_max: w.acked_max.clone(),
+        producers_left: w.producers_left,
+        consumers_left: w.consumers_left,
+        last_leader: w.last_leader,
+        setup_error: w.setup_error.clone(),
+    }
+}
+
+fn add_hosts(sim: &mut turmoil::Sim, o: &Options, world: &Shared, disks: &SharedDisks) {
+    for id in 1..=o.brokers {
+        let (n, seed, disks) = (o.brokers, o.seed, disks.clone());
+        sim.host(broker_host(id), move || {
+            run_broker(id, n, seed, make_disk(&disks, id, seed))
+        });
+    }
+    let cfg = Rc::new(o.clone());
+    let (w, c) = (world.clone(), cfg.clone());
+    sim.client("setup", async move {
+        match setup(&c).await {
+            Ok(()) => {
+                note(&w, "safety phase".into());
+                w.borrow_mut().phase = Phase::Safety;
+            }
+            Err(e) => {
+                note(&w, format!("setup failed: {e}"));
+                w.borrow_mut().setup_error = Some(e);
+            }
+        }
+        Ok(())
+    });
+    for i in 0..o.producers {
+        let (w, c) = (world.clone(), cfg.clone());
+        sim.client(format!("p{i}"), async move {
+            producer(w, c, i).await;
+            Ok(())
+        });
+    }
+    // The last consumer starts in the quiet phase: a fresh reader of the
+    // final logs, which catches records that changed under earlier readers.
+    for i in 0..=o.consumers {
+        let (w, c) = (world.clone(), cfg.clone());
+        let late = i == o.consumers;
+        sim.client(format!("c{i}"), async move {
+            consumer(w, c, i, late).await;
+            Ok(())
+        });
+    }
+}
+
+/// Steps the simulation through the phases; faults come from here.
+fn drive(
+    sim: &mut turmoil::Sim,
+    o: &Options,
+    world: &Shared,
+    nemesis: &mut Nemesis,
+    disks: &SharedDisks,
+) -> Option<String> {
+    let mut safety_end = None;
+    let mut quiet_end = None;
+    loop {
+        let finished = match sim.step() {
+            Ok(f) => f,
+            Err(e) => return Some(format!("simulation failed: {e}")),
+        };
+        let now = sim.elapsed();
+        let now_ms = now.as_millis() as u64;
+        let phase = world.borrow().phase;
+        match phase {
+            Phase::Setup if world.borrow().setup_error.is_some() => return None,
+            Phase::Setup if now > SETUP_LIMIT => return Some("setup timed out".into()),
+            Phase::Setup => {}
+            Phase::Safety => {
+                if safety_end.is_none() {
+                    disks_on(disks);
+                }
+                let end = *safety_end.get_or_insert(now + Duration::from_secs(o.duration_s));
+                let mut w = world.borrow_mut();
+                if now < end {
+                    nemesis.leader = w.last_leader;
+                    nemesis.tick(sim, now_ms, &mut w.trace);
+                } else {
+                    start_quiet(sim, o, &mut w, nemesis, disks, now_ms);
+                    quiet_end = Some(now + Duration::from_secs(o.quiet_s));
+                }
+            }
+            Phase::Quiet => {
+                if world.borrow().consumers_left == 0 {
+                    return None;
+                }
+                if quiet_end.is_some_and(|e| now > e) {
+                    let mut w = world.borrow_mut();
+                    w.trace.push(now.as_millis(), "quiet phase timed out");
+                    return None;
+                }
+            }
+        }
+        if finished {
+            return None;
+        }
+    }
+}
+
+/// Ends the safety phase: every fault healed, producers told to stop.
+fn start_quiet(
+    sim: &mut turmoil::Sim,
+    o: &Options,
+    w: &mut World,
+    nemesis: &mut Nemesis,
+    disks: &SharedDisks,
+    now_ms: u64,
+) {
+    nemesis.heal(sim, now_ms, &mut w.trace);
+    if let Some(why) = disks_off(disks) {
+        // Replicas stopped by a disk error resume on restart.
+        w.trace.push(now_ms as u128, why);
+        for id in 1..=o.brokers {
+            sim.bounce(broker_host(id));
+        }
+        w.trace.push(now_ms as u128, "restarted every broker");
+    }
+    w.phase = Phase::Quiet;
+    w.trace.push(now_ms as u128, "quiet phase");
+}
+
+fn broker_config(id: u64, n: u64, seed: u64) -> BrokerConfig {
+    let peers: BTreeMap<u64, String> = (1..=n)
+        .map(|i| (i, format!("{}:7401", broker_host(i))))
+        .collect();
+    let mut c = BrokerConfig::single(
+        id,
+        PathBuf::from("/data"),
+        &format!("{}:7400", broker_host(id)),
+        &peers[&id],
+    );
+    c.peers = peers;
+    c.driver.tick_ms = 20;
+    // Election jitter differs per broker and per seed.
+    c.driver.seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ id;
+    c
+}
+
+/// Disk faults, shared by the broker hosts (which wrap their disk at each
+/// start) and the simulation loop (which switches them off for the quiet
+/// phase).
+#[derive(Default)]
+struct Disks {
+    config: Option<FaultConfig>,
+    /// Off during setup, on in the safety phase.
+    on: bool,
+    starts: u64,
+    handles: Vec<FaultHandle>,
+}
+
+type SharedDisks = Rc<RefCell<Disks>>;
+
+/// The disk for one start of broker `id`: faulty while faults are on.
+fn make_disk(disks: &SharedDisks, id: u64, seed: u64) -> DiskRef {
+    let mut d = disks.borrow_mut();
+    d.starts += 1;
+    let Some(config) = d.config else {
+        return Arc::new(SimDisk::new());
+    };
+    let disk_seed = seed ^ (id << 48) ^ d.starts;
+    let faulty = FaultyDisk::new(Arc::new(SimDisk::new()), config, disk_seed);
+    faulty.set_enabled(d.on);
+    d.handles.push(faulty.handle());
+    Arc::new(faulty)
+}
+
+/// Switches disk faults on for the safety phase.
+fn disks_on(disks: &SharedDisks) {
+    let mut d = disks.borrow_mut();
+    if d.config.is_some() {
+        d.on = true;
+        for h in &d.handles {
+            h.set_enabled(true);
+        }
+    }
+}
+
+/// Switches disk faults off for good and says how many were injected.
+fn disks_off(disks: &SharedDisks) -> Option<String> {
+    let mut d = disks.borrow_mut();
+    d.config.take()?;
+    d.on = false;
+    let mut total = 0;
+    for h in &d.handles {
+        h.set_enabled(false);
+        total += h.stats().total();
+    }
+    Some(format!("disk faults off after {total} injected"))
+}
+
+async fn run_broker(id: u64, n: u64, seed: u64, disk: DiskRef) -> turmoil::Result {
+    let seams = Seams {
+        disk,
+        net: Arc::new(SimNetwork::new()),
+        clock: Arc::new(crate::sim_clock()),
+        // Synchronous and silent: slog-async threads would break determinism.
+        logger: slog::Logger::root(slog::Discard, slog::o!()),
+    };
+    // A start can fail on an injected disk error; retry as a supervisor
+    // would, rather than failing the whole simulation.
+    let running = loop {
+        match broker::start(broker_config(id, n, seed), seams.clone()).await {
+            Ok(r) => break r,
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    };
+    std::future::pending::<()>().await;
+    drop(running);
+    Ok(())
+}
+
+/// Cached connections to brokers, dropped when a request fails.
+#[derive(Default)]
+struct Conns {
+    open: BTreeMap<u64, Connection>,
+}
+
+/// Why a request got no answer.
+enum Ask {
+    /// Could not connect: the request was never sent.
+    NotSent,
+    /// Sent; no answer (timeout, broken connection).
+    NoAnswer,
+}
+
+impl Conns {
+    async fn ask(&mut self, id: u64, body: Req) -> Result<Resp, Ask> {
+        let c = match self.open.entry(id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let net: NetworkRef = Arc::new(SimNetwork::new());
+                let addr = format!("{}:7400", broker_host(id));
+                let c = Connection::connect(&net, &addr)
+                    .await
+                    .map_err(|_| Ask::NotSent)?;
+                v.insert(c)
+            }
+        };
+        match c.request(body, REQUEST_TIMEOUT).await {
+            Ok(r) => r.body.ok_or(Ask::NoAnswer),
+            Err(_) => {
+                self.open.remove(&id);
+                Err(Ask::NoAnswer)
+            }
+        }
+    }
+}
+
+/// Waits for the cluster, creates the topic and waits for its leaders.
+async fn setup(o: &Options) -> Result<(), String> {
+    let mut conns = Conns::default();
+    let deadline = tokio::time::Instant::now() + SETUP_LIMIT;
+    let create = Req::CreateTopic(CreateTopicRequest {
+        name: TOPIC.into(),
+        partitions: o.partitions,
+        replication_factor: o.replication_factor,
+        configs: Default::default(),
+    });
+    let mut created = false;
+    while tokio::time::Instant::now() < deadline {
+        for id in 1..=o.brokers {
+            if !created {
+                created = matches!(conns.ask(id, create.clone()).await,
+                    Ok(Resp::Admin(a)) if a.error.as_ref().is_none_or(|e| e.code == ErrorCode::TopicAlreadyExists as i32));
+            }
+            if created && all_led(&mut conns, id, o.partitions).await {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the topic never got a leader for every partition".into())
+}
+
+async fn all_led(conns: &mut Conns, id: u64, partitions: u32) -> bool {
+    let req = Req::Metadata(MetadataRequest {
+        topics: vec![TOPIC.into()],
+    });
+    let Ok(Resp::Metadata(m)) = conns.ask(id, req).await else {
+        return false;
+    };
+    m.topics.first().is_some_and(|t| {
+        t.partitions.len() == partitions as usize && t.partitions.iter().all(|p| p.leader_id != 0)
+    })
+}
+
+fn phase(w: &Shared) -> Phase {
+    w.borrow().phase
+}
+
+async fn wait_for(w: &Shared, p: Phase) {
+    while phase(w) != p {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn batch(key: &str, value: &str) -> RecordBatch {
+    let mut b = BatchBuilder::new();
+    b.push(&Event {
+        key: Some(Bytes::from(key.to_string())),
+        value: Some(Bytes::from(value.to_string())),
+        timestamp_ms: crate::SIM_EPOCH_MS,
+        headers: vec![],
+    });
+    b.build()
+}
+
+/// A keyed acks=all producer: one record per write, each value unique,
+/// retried (same value) on other brokers until acknowledged or 4 attempts.
+async fn producer(w: Shared, o: Rc<Options>, i: u32) {
+    let mut rng = ChaCha8Rng::seed_from_u64(o.seed ^ (0x7072_6f64 + i as u64));
+    let mut conns = Conns::default();
+    let mut leader: BTreeMap<u32, u64> = BTreeMap::new();
+    wait_for(&w, Phase::Safety).await;
+    let mut n = 0u64;
+    while phase(&w) == Phase::Safety {
+        let k = rng.gen_range(0..o.keys);
+        let partition = k % o.partitions;
+        let (key, value) = (format!("k{k}"), format!("p{i}-{n}"));
+        n += 1;
+        for _ in 0..4 {
+            let to = *leader
+                .entry(partition)
+                .or_insert_with(|| rng.gen_range(1..=o.brokers));
+            let at = begin_write(&w, i, partition, &key, &value);
+            let (outcome, hint) = produce_once(&mut conns, to, partition, &key, &value).await;
+            let acked = matches!(outcome, Outcome::Acked { .. });
+            if !acked {
+                let next = hint.unwrap_or_else(|| rng.gen_range(1..=o.brokers));
+                leader.insert(partition, next);
+            }
+            finish_write(&w, at, to, outcome);
+            if acked || phase(&w) != Phase::Safety {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(20..100))).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..40))).await;
+    }
+    w.borrow_mut().producers_left -= 1;
+}
+
+/// Records an attempt as it starts, as `Unknown`: if the run ends before
+/// it is answered, that is what it stays.
+fn begin_write(w: &Shared, i: u32, partition: u32, key: &str, value: &str) -> usize {
+    let mut wm = w.borrow_mut();
+    wm.history.writes.push(Write {
+        producer: i,
+        partition,
+        key: key.into(),
+        value: value.into(),
+        outcome: Outcome::Unknown,
+    });
+    wm.history.writes.len() - 1
+}
+
+fn finish_write(w: &Shared, at: usize, to: u64, outcome: Outcome) {
+    let mut wm = w.borrow_mut();
+    let Some(write) = wm.history.writes.get_mut(at) else {
+        return;
+    };
+    write.outcome = outcome.clone();
+    let (p, line) = (
+        write.partition,
+        format!(
+            "p{} produce {}:{}={} via b{to} -> {outcome:?}",
+            write.producer, write.partition, write.key, write.value
+        ),
+    );
+    wm.trace.push(now_ms(), line);
+    if let Outcome::Acked { offset } = outcome {
+        wm.last_leader = Some(to);
+        let m = wm.acked_max.entry(p).or_insert(offset);
+        *m = (*m).max(offset);
+    }
+}
+
+/// One attempt; also returns the leader a NOT_LEADER answer named.
+async fn produce_once(
+    conns: &mut Conns,
+    to: u64,
+    partition: u32,
+    key: &str,
+    value: &str,
+) -> (Outcome, Option<u64>) {
+    let req = Req::Produce(ProduceRequest {
+        topic: TOPIC.into(),
+        partition,
+        acks: Acks::All as i32,
+        batch: batch(key, value).as_bytes().clone(),
+        timeout_ms: 2000,
+    });
+    match conns.ask(to, req).await {
+        Err(Ask::NotSent) => (Outcome::Failed, None),
+        Err(Ask::NoAnswer) => (Outcome::Unknown, None),
+        Ok(Resp::Produce(p)) => match p.error {
+            None => (
+                Outcome::Acked {
+                    offset: p.base_offset,
+                },
+                None,
+            ),
+            Some(e) => {
+                let hint = (e.leader_id != 0).then_some(e.leader_id);
+                (error_outcome(e.code), hint)
+            }
+        },
+        Ok(_) => (Outcome::Unknown, None),
+    }
+}
+
+/// Errors a broker returns only before proposing are definite failures.
+/// NOT_LEADER and LEADER_NOT_AVAILABLE are not: a leader that steps down
+/// fails its waiting writers with them, and their entries may still commit.
+fn error_outcome(code: i32) -> Outcome {
+    let definite = [
+        ErrorCode::UnknownTopic,
+        ErrorCode::UnknownPartition,
+        ErrorCode::InvalidRequest,
+        ErrorCode::CorruptMessage,
+        ErrorCode::MessageTooLarge,
+    ];
+    if definite.iter().any(|c| *c as i32 == code) {
+        Outcome::Failed
+    } else {
+        Outcome::Unknown
+    }
+}
+
+/// Reads every partition from offset 0, following the high watermark,
+/// until (in the quiet phase) it is past every acknowledged offset.
+async fn consumer(w: Shared, o: Rc<Options>, c: u32, late: bool) {
+    let mut rng = ChaCha8Rng::seed_from_u64(o.seed ^ (0x636f_6e73 + c as u64));
+    let mut conns = Conns::default();
+    let mut leader: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut pos: BTreeMap<u32, i64> = (0..o.partitions).map(|p| (p, 0)).collect();
+    wait_for(&w, if late { Phase::Quiet } else { Phase::Safety }).await;
+    loop {
+        let mut progressed = false;
+        for p in 0..o.partitions {
+            let to = *leader
+                .entry(p)
+                .or_insert_with(|| rng.gen_range(1..=o.brokers));
+            let from = pos[&p];
+            match fetch_once(&mut conns, to, p, from).await {
+                Ok(batches) => {
+                    if let Some(last) = batches.last() {
+                        pos.insert(p, last.last + 1);
+                        progressed = true;
+                        record_poll(&w, c, to, p, from, batches);
+                    }
+                }
+                Err(hint) => {
+                    leader.insert(p, hint.unwrap_or_else(|| rng.gen_range(1..=o.brokers)));
+                }
+            }
+        }
+        if caught_up(&w, &pos) {
+            break;
+        }
+        if !progressed {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    note(&w, format!("c{c} caught up at {pos:?}"));
+    w.borrow_mut().consumers_left -= 1;
+}
+
+fn caught_up(w: &Shared, pos: &BTreeMap<u32, i64>) -> bool {
+    let wm = w.borrow();
+    wm.phase == Phase::Quiet
+        && wm.producers_left == 0
+        && wm
+            .acked_max
+            .iter()
+            .all(|(p, max)| pos.get(p).is_some_and(|at| at > max))
+}
+
+fn record_poll(w: &Shared, c: u32, to: u64, partition: u32, from: i64, batches: Vec<BatchSeen>) {
+    let mut line = format!("c{c} poll {partition}@{from} via b{to}:");
+    for b in &batches {
+        if b.control {
+            line.push_str(&format!(" [{}..={} control]", b.base, b.last));
+        }
+        for r in &b.records {
+            line.push_str(&format!(" {}:{}={}", r.offset, r.key, r.value));
+        }
+    }
+    let mut wm = w.borrow_mut();
+    wm.trace.push(now_ms(), line);
+    wm.history.polls.push(Poll {
+        consumer: c,
+        partition,
+        from,
+        batches,
+    });
+}
+
+/// One fetch: the batches reaching past `from`, or the leader to try next.
+async fn fetch_once(
+    conns: &mut Conns,
+    to: u64,
+    partition: u32,
+    from: i64,
+) -> Result<Vec<BatchSeen>, Option<u64>> {
+    let req = Req::Fetch(FetchRequest {
+        partitions: vec![FetchPartition {
+            topic: TOPIC.into(),
+            partition,
+            offset: from,
+            max_bytes: 64 * 1024,
+        }],
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: 64 * 1024,
+    });
+    let Ok(Resp::Fetch(f)) = conns.ask(to, req).await else {
+        return Err(None);
+    };
+    let Some(part) = f.partitions.into_iter().next() else {
+        return Err(None);
+    };
+    if let Some(e) = part.error {
+        // Out of range (a reader ahead of this leader) keeps the broker.
+        if e.code == ErrorCode::OffsetOutOfRange as i32 {
+            return Ok(vec![]);
+        }
+        return Err((e.leader_id != 0).then_some(e.leader_id));
+    }
+    Ok(decode(part.records, from))
+}
+
+/// Splits fetched bytes into batches, dropping those wholly before `from`
+/// and anything undecodable (a torn tail is not an answer to check).
+fn decode(mut bytes: Bytes, from: i64) -> Vec<BatchSeen> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let Ok(h) = BatchHeader::parse(&bytes, usize::MAX) else {
+            break;
+        };
+        if h.size_bytes() > bytes.len() {
+            break;
+        }
+        let Ok(b) = RecordBatch::parse(bytes.split_to(h.size_bytes()), usize::MAX) else {
+            break;
+        };
+        let last = b.next_offset() - 1;
+        if last < from {
+            continue;
+        }
+        let records = if b.is_control() {
+            vec![]
+        } else {
+            b.records()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| Rec {
+                    offset: r.offset,
+                    key: text(r.event.key.as_deref()),
+                    value: text(r.event.value.as_deref()),
+                })
+                .collect()
+        };
+        out.push(BatchSeen {
+            base: b.base_offset(),
+            last,
+            control: b.is_control(),
+            records,
+        });
+    }
+    out
+}
+
+fn text(b: Option<&[u8]>) -> String {
+    String::from_utf8_lossy(b.unwrap_or_default()).into_owned()
+}

@@ -1,0 +1,40 @@
+//! Deliberate bugs for the simulator (`weir-sim --inject-bug NAME`), which
+//! uses them to prove its checkers can fail. Compiled in only with the
+//! `inject-bugs` feature; without it every check is a constant `false` the
+//! optimizer removes.
+
+/// acks=all is answered once the leader alone persisted the batch.
+pub const ACK_BEFORE_COMMIT: u32 = 1;
+/// Fetch serves records up to the log end, past the high watermark.
+pub const FETCH_BEYOND_HW: u32 = 2;
+
+#[cfg(feature = "inject-bugs")]
+mod imp {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// The bugs switched on. Process-wide: the simulator sets it once per
+    /// run, before any broker starts.
+    static ON: AtomicU32 = AtomicU32::new(0);
+
+    pub fn set(bits: u32) {
+        ON.store(bits, Ordering::SeqCst);
+    }
+
+    pub fn on(bug: u32) -> bool {
+        ON.load(Ordering::Relaxed) & bug != 0
+    }
+}
+
+#[cfg(not(feature = "inject-bugs"))]
+mod imp {
+    pub fn set(_bits: u32) {}
+
+    pub fn on(_bug: u32) -> bool {
+        false
+    }
+}
+
+/// Whether `bug` is switched on.
+pub use imp::on;
+/// Switches exactly the given bugs on (a bit set of the constants above).
+pub use imp::set;

@@ -635,7 +635,21 @@ impl Driver {
     /// Step 2: everything before the group commit.
     fn persist_ready(&mut self, id: u64, now_ms: i64) -> Option<raft::Ready> {
         let g = self.groups.get_mut(&id)?;
-        let mut rd = g.node.ready();
+        // raft-rs panics when its storage fails a read it does not expect to
+        // fail (committed entries from a damaged segment). Contain it to
+        // this group: it stops here (fail-stop) and the broker goes on. The
+        // node is never touched again, so its state after the unwind does
+        // not matter.
+        let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.node.ready()));
+        let Ok(mut rd) = ready else {
+            let cause = g
+                .log
+                .take_read_error()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "raft-rs failed while reading the log".into());
+            self.fail_group(id, cause);
+            return None;
+        };
         queue(&mut self.outbox, id, rd.take_messages());
         let result = (|| {
             if !rd.snapshot().is_empty() {

@@ -4,6 +4,8 @@
 //! `duplicate` is informational: a retried write of unknown outcome may
 //! legitimately land twice.
 
+#[cfg(test)]
+use crate::history::Probe;
 use crate::history::{History, Outcome, Poll};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -67,6 +69,7 @@ pub fn check(h: &History) -> Report {
     anomalies.extend(poll_order(h));
     anomalies.extend(aborted_read(h));
     anomalies.extend(duplicate(h));
+    anomalies.extend(unavailable(h));
     Report {
         writes: h.writes.len(),
         acked: h
@@ -248,6 +251,28 @@ pub fn duplicate(h: &History) -> Vec<Anomaly> {
         .collect()
 }
 
+/// `unavailable`: after the faults stop, a partition has no leader that
+/// accepts and acknowledges a write within the stated bound.
+pub fn unavailable(h: &History) -> Vec<Anomaly> {
+    h.probes
+        .iter()
+        .filter(|p| p.acked_after_ms.is_none_or(|ms| ms > h.available_within_ms))
+        .map(|p| Anomaly {
+            name: "unavailable",
+            detail: match p.acked_after_ms {
+                Some(ms) => format!(
+                    "partition {} acknowledged a write {ms} ms after the faults stopped (bound {} ms)",
+                    p.partition, h.available_within_ms
+                ),
+                None => format!(
+                    "partition {} acknowledged no write after the faults stopped (bound {} ms)",
+                    p.partition, h.available_within_ms
+                ),
+            },
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,7 +337,39 @@ mod tests {
                 poll(0, 0, vec![control(0), data(1, &["a"])]),
                 poll(0, 2, vec![data(1, &["a", "b"])]),
             ],
+            probes: vec![Probe {
+                partition: 0,
+                acked_after_ms: Some(900),
+            }],
+            available_within_ms: 10_000,
         }
+    }
+
+    #[test]
+    fn unavailable_is_caught() {
+        let mut h = clean();
+        h.probes.push(Probe {
+            partition: 1,
+            acked_after_ms: Some(12_000),
+        });
+        h.probes.push(Probe {
+            partition: 2,
+            acked_after_ms: None,
+        });
+        let found = unavailable(&h);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found
+            .iter()
+            .all(|a| a.name == "unavailable" && a.is_failure()));
+        assert!(
+            found[1].detail.contains("partition 2"),
+            "{}",
+            found[1].detail
+        );
+        assert!(
+            check(&clean()).anomalies.is_empty(),
+            "a probe within the bound passes"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! phase in which everything is healed and consumers catch up.
 
 use crate::checker::{self, Report};
-use crate::history::{BatchSeen, History, Outcome, Poll, Rec, Trace, Write};
+use crate::history::{BatchSeen, History, Outcome, Poll, Probe, Rec, Trace, Write};
 use crate::nemesis::{broker_host, FaultKind, Nemesis};
 use crate::{SimDisk, SimNetwork};
 use bytes::Bytes;
@@ -41,6 +41,9 @@ pub struct Options {
     pub duration_s: u64,
     /// Simulated seconds the quiet phase may take at most.
     pub quiet_s: u64,
+    /// The `unavailable` bound: simulated seconds after the faults stop
+    /// within which every partition must acknowledge a write.
+    pub available_within_s: u64,
     pub faults: Vec<FaultKind>,
     pub partitions: u32,
     pub replication_factor: u32,
@@ -58,6 +61,7 @@ impl Default for Options {
             brokers: 3,
             duration_s: 20,
             quiet_s: 60,
+            available_within_s: 20,
             faults: FaultKind::DEFAULT.to_vec(),
             partitions: 3,
             replication_factor: 3,
@@ -142,9 +146,13 @@ pub fn run(o: &Options) -> RunResult {
     let world: Shared = Rc::new(RefCell::new(World {
         phase: Phase::Setup,
         trace: Trace::default(),
-        history: History::default(),
+        history: History {
+            available_within_ms: o.available_within_s * 1000,
+            ..History::default()
+        },
         acked_max: BTreeMap::new(),
-        producers_left: o.producers,
+        // The prober counts as a producer: consumers read past its writes.
+        producers_left: o.producers + 1,
         consumers_left: o.consumers + 1,
         last_leader: None,
         setup_error: None,
@@ -217,6 +225,11 @@ fn add_hosts(sim: &mut turmoil::Sim, o: &Options, world: &Shared, disks: &Shared
             Ok(())
         });
     }
+    let (w, c) = (world.clone(), cfg.clone());
+    sim.client("prober", async move {
+        prober(w, c).await;
+        Ok(())
+    });
     // The last consumer starts in the quiet phase: a fresh reader of the
     // final logs, which catches records that changed under earlier readers.
     for i in 0..=o.consumers {
@@ -521,6 +534,45 @@ async fn producer(w: Shared, o: Rc<Options>, i: u32) {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(20..100))).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(5..40))).await;
+    }
+    w.borrow_mut().producers_left -= 1;
+}
+
+/// In the quiet phase, writes to every partition until one write is
+/// acknowledged and records how long after the faults stopped that took
+/// (the `unavailable` check). Its writes are checked like any producer's.
+async fn prober(w: Shared, o: Rc<Options>) {
+    let mut conns = Conns::default();
+    wait_for(&w, Phase::Quiet).await;
+    let start = now_ms();
+    // Give up at half the quiet phase: consumers need the rest.
+    let give_up = start + u128::from(o.quiet_s) * 500;
+    for partition in 0..o.partitions {
+        let key = format!("probe{partition}");
+        let (mut to, mut n, mut acked_after_ms) = (1u64, 0u32, None);
+        while now_ms() < give_up {
+            let value = format!("probe-{partition}-{n}");
+            n += 1;
+            let at = begin_write(&w, o.producers, partition, &key, &value);
+            let (outcome, hint) = produce_once(&mut conns, to, partition, &key, &value).await;
+            let acked = matches!(outcome, Outcome::Acked { .. });
+            finish_write(&w, at, to, outcome);
+            if acked {
+                acked_after_ms = Some((now_ms() - start) as u64);
+                break;
+            }
+            to = hint.unwrap_or(to % o.brokers + 1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        note(
+            &w,
+            format!("probe partition {partition}: acknowledged after {acked_after_ms:?} ms"),
+        );
+        let probe = Probe {
+            partition,
+            acked_after_ms,
+        };
+        w.borrow_mut().history.probes.push(probe);
     }
     w.borrow_mut().producers_left -= 1;
 }

@@ -93,4 +93,17 @@ pub struct Poll {
 pub struct History {
     pub writes: Vec<Write>,
     pub polls: Vec<Poll>,
+    /// Availability probes of the quiet phase, one per partition.
+    pub probes: Vec<Probe>,
+    /// How long after the faults stopped a partition may take to accept
+    /// and acknowledge a write (simulated milliseconds).
+    pub available_within_ms: u64,
+}
+
+/// After the faults stop: how long a partition took to acknowledge a write
+/// (`None`: it never did while the run lasted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub partition: u32,
+    pub acked_after_ms: Option<u64>,
 }

@@ -31,6 +31,10 @@ struct Args {
     /// Simulated seconds the quiet phase may last at most.
     #[arg(long, default_value_t = 60)]
     quiet: u64,
+    /// Simulated seconds after the faults stop within which every partition
+    /// must acknowledge a write (the `unavailable` check).
+    #[arg(long, default_value_t = 20)]
+    available_within: u64,
     /// Faults to draw from: isolate, split, crash, delay; or "none".
     #[arg(
         long,
@@ -85,6 +89,7 @@ fn options(a: &Args) -> Result<Options, String> {
         brokers: a.brokers,
         duration_s: a.duration,
         quiet_s: a.quiet,
+        available_within_s: a.available_within,
         faults,
         partitions: a.partitions,
         replication_factor: a.replication_factor,

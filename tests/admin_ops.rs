@@ -158,6 +158,7 @@ async fn retention_change_applies_without_restart() {
             partition: 0,
             offset: start - 1,
             max_bytes: 4096,
+            replica_read: false,
         }],
         max_wait_ms: 0,
         min_bytes: 0,
@@ -215,6 +216,7 @@ async fn acks_modes_and_long_poll() {
             partition: 0,
             offset: end.offset,
             max_bytes: 1 << 16,
+            replica_read: false,
         }],
         // Longer than the client's 10 s timeout: the request only succeeds
         // if the long poll returns when the data arrives.
@@ -249,6 +251,7 @@ async fn acks_modes_and_long_poll() {
             partition: 0,
             offset: 1_000_000,
             max_bytes: 1 << 16,
+            replica_read: false,
         }],
         max_wait_ms: 0,
         min_bytes: 0,

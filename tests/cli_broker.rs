@@ -120,6 +120,7 @@ async fn read_all_retry(c: &Connection) -> Option<Vec<weir::types::Record>> {
             partition: 0,
             offset: 0,
             max_bytes: 1 << 20,
+            replica_read: false,
         }],
         max_wait_ms: 0,
         min_bytes: 0,

@@ -4,9 +4,9 @@
 //! `duplicate` is informational: a retried write of unknown outcome may
 //! legitimately land twice.
 
-#[cfg(test)]
-use crate::history::Probe;
 use crate::history::{History, Outcome, Poll};
+#[cfg(test)]
+use crate::history::{Probe, ReplicaCheck};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -70,6 +70,7 @@ pub fn check(h: &History) -> Report {
     anomalies.extend(aborted_read(h));
     anomalies.extend(duplicate(h));
     anomalies.extend(unavailable(h));
+    anomalies.extend(replica_divergence(h));
     Report {
         writes: h.writes.len(),
         acked: h
@@ -251,6 +252,25 @@ pub fn duplicate(h: &History) -> Vec<Anomaly> {
         .collect()
 }
 
+/// `replica-divergence`: once faults heal, replicas of a partition differ
+/// somewhere below the high watermark (committed data must be identical,
+/// byte for byte, on every replica).
+pub fn replica_divergence(h: &History) -> Vec<Anomaly> {
+    h.replica_checks
+        .iter()
+        .filter(|c| !c.differing.is_empty())
+        .map(|c| Anomaly {
+            name: "replica-divergence",
+            detail: format!(
+                "partition {} below offset {}: {}",
+                c.partition,
+                c.up_to,
+                c.differing.join("; ")
+            ),
+        })
+        .collect()
+}
+
 /// `unavailable`: after the faults stop, a partition has no leader that
 /// accepts and acknowledges a write within the stated bound.
 pub fn unavailable(h: &History) -> Vec<Anomaly> {
@@ -343,6 +363,31 @@ mod tests {
             }],
             available_within_ms: 10_000,
         }
+    }
+
+    #[test]
+    fn replica_divergence_is_caught() {
+        let mut h = clean();
+        h.replica_checks.push(ReplicaCheck {
+            partition: 0,
+            up_to: 5,
+            differing: vec![],
+            unread: vec![],
+        });
+        assert!(replica_divergence(&h).is_empty());
+        h.replica_checks.push(ReplicaCheck {
+            partition: 1,
+            up_to: 9,
+            differing: vec!["broker 3 differs at byte 120".into()],
+            unread: vec![],
+        });
+        let found = replica_divergence(&h);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].is_failure() && found[0].detail.contains("broker 3"),
+            "{}",
+            found[0]
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! phase in which everything is healed and consumers catch up.
 
 use crate::checker::{self, Report};
-use crate::history::{BatchSeen, History, Outcome, Poll, Probe, Rec, Trace, Write};
+use crate::history::{BatchSeen, History, Outcome, Poll, Probe, Rec, ReplicaCheck, Trace, Write};
 use crate::nemesis::{broker_host, FaultKind, Nemesis};
 use crate::{SimDisk, SimNetwork};
 use bytes::Bytes;
@@ -153,7 +153,8 @@ pub fn run(o: &Options) -> RunResult {
         acked_max: BTreeMap::new(),
         // The prober counts as a producer: consumers read past its writes.
         producers_left: o.producers + 1,
-        consumers_left: o.consumers + 1,
+        // The consumers, the late consumer, and the replica auditor.
+        consumers_left: o.consumers + 2,
         last_leader: None,
         setup_error: None,
     }));
@@ -225,6 +226,11 @@ fn add_hosts(sim: &mut turmoil::Sim, o: &Options, world: &Shared, disks: &Shared
             Ok(())
         });
     }
+    let (w, c) = (world.clone(), cfg.clone());
+    sim.client("auditor", async move {
+        auditor(w, c).await;
+        Ok(())
+    });
     let (w, c) = (world.clone(), cfg.clone());
     sim.client("prober", async move {
         prober(w, c).await;
@@ -538,6 +544,127 @@ async fn producer(w: Shared, o: Rc<Options>, i: u32) {
     w.borrow_mut().producers_left -= 1;
 }
 
+/// At the end of the quiet phase (producers done), reads every replica of
+/// every partition up to the lowest high watermark among them and records
+/// where their bytes differ (the `replica-divergence` check).
+async fn auditor(w: Shared, o: Rc<Options>) {
+    let mut conns = Conns::default();
+    wait_for(&w, Phase::Quiet).await;
+    // Bounded by the quiet phase: the run ends when it does.
+    while w.borrow().producers_left > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for partition in 0..o.partitions {
+        let check = audit_partition(&mut conns, &o, partition).await;
+        note(
+            &w,
+            format!(
+                "replicas of partition {partition} compared below {}: {} differ, {} unread",
+                check.up_to,
+                check.differing.len(),
+                check.unread.len()
+            ),
+        );
+        w.borrow_mut().history.replica_checks.push(check);
+    }
+    w.borrow_mut().consumers_left -= 1;
+}
+
+async fn audit_partition(conns: &mut Conns, o: &Options, partition: u32) -> ReplicaCheck {
+    let mut copies: Vec<(u64, i64, Vec<Bytes>)> = Vec::new();
+    let mut unread = Vec::new();
+    for id in 1..=o.brokers {
+        // A replica may be restarting: try a few times.
+        let mut copy = None;
+        for _ in 0..20 {
+            copy = read_replica(conns, id, partition).await;
+            if copy.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        match copy {
+            Some((hw, batches)) => copies.push((id, hw, batches)),
+            None => unread.push(id),
+        }
+    }
+    let up_to = copies.iter().map(|(_, hw, _)| *hw).min().unwrap_or(0);
+    let cut = |batches: &[Bytes]| -> Vec<u8> {
+        batches
+            .iter()
+            .take_while(|b| {
+                RecordBatch::parse((*b).clone(), usize::MAX).is_ok_and(|b| b.next_offset() <= up_to)
+            })
+            .flat_map(|b| b.iter().copied())
+            .collect()
+    };
+    let mut differing = Vec::new();
+    if let Some((first, _, base)) = copies.first() {
+        let base = cut(base);
+        for (id, _, batches) in &copies[1..] {
+            let other = cut(batches);
+            if other != base {
+                let at = base
+                    .iter()
+                    .zip(&other)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(base.len().min(other.len()));
+                differing.push(format!(
+                    "broker {id} differs from broker {first} at byte {at} ({} vs {} bytes)",
+                    other.len(),
+                    base.len()
+                ));
+            }
+        }
+    }
+    ReplicaCheck {
+        partition,
+        up_to,
+        differing,
+        unread,
+    }
+}
+
+/// Every batch of one broker's replica up to its high watermark, and that
+/// high watermark; `None` if it cannot be read now.
+async fn read_replica(conns: &mut Conns, id: u64, partition: u32) -> Option<(i64, Vec<Bytes>)> {
+    let (mut offset, mut batches, mut hw) = (0i64, Vec::new(), 0i64);
+    // Bounded: each pass moves `offset` past at least one batch.
+    for _ in 0..100_000 {
+        let req = Req::Fetch(FetchRequest {
+            partitions: vec![FetchPartition {
+                topic: TOPIC.into(),
+                partition,
+                offset,
+                max_bytes: 1 << 20,
+                replica_read: true,
+            }],
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 1 << 20,
+        });
+        let Ok(Resp::Fetch(f)) = conns.ask(id, req).await else {
+            return None;
+        };
+        let p = f.partitions.into_iter().next()?;
+        if p.error.is_some() {
+            return None;
+        }
+        hw = p.high_watermark;
+        let mut bytes = p.records;
+        if bytes.is_empty() {
+            return Some((hw, batches));
+        }
+        while !bytes.is_empty() {
+            let h = weir::types::BatchHeader::parse(&bytes, usize::MAX).ok()?;
+            let b = bytes.split_to(h.size_bytes().min(bytes.len()));
+            offset = h.next_offset();
+            batches.push(b);
+        }
+    }
+    Some((hw, batches))
+}
+
 /// In the quiet phase, writes to every partition until one write is
 /// acknowledged and records how long after the faults stopped that took
 /// (the `unavailable` check). Its writes are checked like any producer's.
@@ -746,6 +873,7 @@ async fn fetch_once(
             partition,
             offset: from,
             max_bytes: 64 * 1024,
+            replica_read: false,
         }],
         max_wait_ms: 0,
         min_bytes: 0,

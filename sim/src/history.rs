@@ -98,6 +98,21 @@ pub struct History {
     /// How long after the faults stopped a partition may take to accept
     /// and acknowledge a write (simulated milliseconds).
     pub available_within_ms: u64,
+    /// Replica comparisons at the end of the run, one per partition.
+    pub replica_checks: Vec<ReplicaCheck>,
+}
+
+/// Every replica of a partition read up to the lowest high watermark among
+/// them, compared byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaCheck {
+    pub partition: u32,
+    /// The offset up to which replicas were compared (exclusive).
+    pub up_to: i64,
+    /// Brokers whose bytes differ from the first replica's, with where.
+    pub differing: Vec<String>,
+    /// Brokers that could not be read before the run ended.
+    pub unread: Vec<u64>,
 }
 
 /// After the faults stop: how long a partition took to acknowledge a write

@@ -258,6 +258,7 @@ impl Consumer {
                 partition,
                 offset,
                 max_bytes: self.config.partition_max_bytes,
+                replica_read: false,
             });
         }
         if by_leader.is_empty() {

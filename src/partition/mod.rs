@@ -232,8 +232,16 @@ impl PartitionService {
         partition: u32,
         offset: i64,
         max_bytes: usize,
+        replica_read: bool,
     ) -> Result<Fetched, PartitionError> {
-        let replica = self.leader_replica(topic, partition)?;
+        // A replica read serves this broker's own copy, leader or not, up to
+        // the commit point it knows: committed data is identical on every
+        // replica, which is what comparing replicas relies on.
+        let replica = if replica_read {
+            self.replica(topic, partition)?
+        } else {
+            self.leader_replica(topic, partition)?
+        };
         let hw = self
             .board
             .get(replica.group)

@@ -247,7 +247,10 @@ fn fetch_once(s: &Services, r: &FetchRequest) -> (Vec<FetchedPartition>, usize) 
                 .saturating_sub(total)
                 .max(1)
                 .min(p.max_bytes.max(1) as usize);
-            match s.partitions.read(&p.topic, p.partition, p.offset, room) {
+            match s
+                .partitions
+                .read(&p.topic, p.partition, p.offset, room, p.replica_read)
+            {
                 Ok(f) => {
                     total += f.records.len();
                     out.records = f.records;

@@ -286,6 +286,7 @@ pub async fn read_all(c: &Connection, topic: &str, partition: u32) -> Vec<weir::
                 partition,
                 offset,
                 max_bytes: 1 << 20,
+                replica_read: false,
             }],
             max_wait_ms: 0,
             min_bytes: 0,

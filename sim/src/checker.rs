@@ -362,6 +362,7 @@ mod tests {
                 acked_after_ms: Some(900),
             }],
             available_within_ms: 10_000,
+            replica_checks: vec![],
         }
     }
 

@@ -7,6 +7,9 @@
 pub const ACK_BEFORE_COMMIT: u32 = 1;
 /// Fetch serves records up to the log end, past the high watermark.
 pub const FETCH_BEYOND_HW: u32 = 2;
+/// Appends are never fsynced, yet Raft is told they are persisted (so
+/// votes, append responses and acks go out for data a crash loses).
+pub const SKIP_FSYNC: u32 = 4;
 
 #[cfg(feature = "inject-bugs")]
 mod imp {

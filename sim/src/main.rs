@@ -35,11 +35,12 @@ struct Args {
     /// must acknowledge a write (the `unavailable` check).
     #[arg(long, default_value_t = 20)]
     available_within: u64,
-    /// Faults to draw from: isolate, split, crash, delay; or "none".
+    /// Faults to draw from: isolate, split, crash, delay, power, disk; or
+    /// "none".
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "isolate,split,crash,delay"
+        default_value = "isolate,split,crash,delay,power"
     )]
     faults: Vec<String>,
     #[arg(long, default_value_t = 3)]
@@ -52,7 +53,7 @@ struct Args {
     consumers: u32,
     #[arg(long, default_value_t = 8)]
     keys: u32,
-    /// Switch on a deliberate broker bug: ack-before-commit, fetch-beyond-hw.
+    /// Switch on a deliberate broker bug: ack-before-commit, fetch-beyond-hw, skip-fsync.
     #[arg(long, value_delimiter = ',')]
     inject_bug: Vec<String>,
 }
@@ -62,8 +63,9 @@ pub fn bug_bits(names: &[String]) -> Result<u32, String> {
     names.iter().try_fold(0, |bits, n| match n.as_str() {
         "ack-before-commit" => Ok(bits | weir::bugs::ACK_BEFORE_COMMIT),
         "fetch-beyond-hw" => Ok(bits | weir::bugs::FETCH_BEYOND_HW),
+        "skip-fsync" => Ok(bits | weir::bugs::SKIP_FSYNC),
         other => Err(format!(
-            "unknown bug {other:?} (known: ack-before-commit, fetch-beyond-hw)"
+            "unknown bug {other:?} (known: ack-before-commit, fetch-beyond-hw, skip-fsync)"
         )),
     })
 }

@@ -22,27 +22,32 @@ pub enum FaultKind {
     Crash,
     /// Slow every link of one broker; also draws the run's base latency.
     Delay,
+    /// Every broker crashes at once (a power loss): whatever was not
+    /// fsynced is lost everywhere; all restart at the heal.
+    Power,
     /// Seeded disk errors (EIO, ENOSPC, short reads, bit flips) on every
     /// broker for the whole safety phase, via `weir::io::FaultyDisk`.
     Disk,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 6] = [
         FaultKind::Isolate,
         FaultKind::Split,
         FaultKind::Crash,
         FaultKind::Delay,
+        FaultKind::Power,
         FaultKind::Disk,
     ];
 
     /// The default set: all but `Disk`, whose storage errors still make
     /// raft-rs panic in a broker (see docs/simulation.md).
-    pub const DEFAULT: [FaultKind; 4] = [
+    pub const DEFAULT: [FaultKind; 5] = [
         FaultKind::Isolate,
         FaultKind::Split,
         FaultKind::Crash,
         FaultKind::Delay,
+        FaultKind::Power,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +56,7 @@ impl FaultKind {
             FaultKind::Split => "split",
             FaultKind::Crash => "crash",
             FaultKind::Delay => "delay",
+            FaultKind::Power => "power",
             FaultKind::Disk => "disk",
         }
     }
@@ -133,6 +139,7 @@ impl fmt::Display for Plan {
 enum Active {
     Cut(Vec<u64>, Vec<u64>),
     Crashed(u64),
+    PowerLoss,
     Slow(u64),
 }
 
@@ -216,6 +223,7 @@ impl Nemesis {
                 Active::Cut(all, rest)
             }
             FaultKind::Crash => Active::Crashed(self.random_broker()),
+            FaultKind::Power => Active::PowerLoss,
             FaultKind::Delay => Active::Slow(self.random_broker()),
             // Continuous, not an episode: never among the weights.
             FaultKind::Disk => return,
@@ -237,6 +245,13 @@ impl Nemesis {
                 sim.crash(broker_host(*b));
                 self.crashed.insert(*b);
                 trace.push(now as u128, format!("nemesis crash b{b}"));
+            }
+            Active::PowerLoss => {
+                for b in 1..=self.brokers {
+                    sim.crash(broker_host(b));
+                    self.crashed.insert(b);
+                }
+                trace.push(now as u128, "nemesis power loss: every broker crashed");
             }
             Active::Slow(b) => {
                 let slow = Duration::from_millis(self.plan.slow_latency_ms);
@@ -263,6 +278,13 @@ impl Nemesis {
                 sim.bounce(broker_host(b));
                 self.crashed.remove(&b);
                 trace.push(now as u128, format!("nemesis restart b{b}"));
+            }
+            Active::PowerLoss => {
+                for b in 1..=self.brokers {
+                    sim.bounce(broker_host(b));
+                    self.crashed.remove(&b);
+                }
+                trace.push(now as u128, "nemesis power back: every broker restarted");
             }
             Active::Slow(b) => {
                 let base = Duration::from_millis(self.plan.max_latency_ms);

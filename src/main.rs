@@ -67,25 +67,19 @@ fn main() -> ExitCode {
         } => bench_log(&args),
         Command::Bench {
             bench: Bench::Produce(args),
-        } => bench_client(
-            args.validate(),
-            args.client.output,
-            || bench::client::run_produce(&args),
-        ),
+        } => bench_client(args.validate(), args.client.output, || {
+            bench::client::run_produce(&args)
+        }),
         Command::Bench {
             bench: Bench::Consume(args),
-        } => bench_client(
-            args.validate(),
-            args.client.output,
-            || bench::client::run_consume(&args),
-        ),
+        } => bench_client(args.validate(), args.client.output, || {
+            bench::client::run_consume(&args)
+        }),
         Command::Bench {
             bench: Bench::E2e(args),
-        } => bench_client(
-            args.validate(),
-            args.client.output,
-            || bench::client::run_e2e(&args),
-        ),
+        } => bench_client(args.validate(), args.client.output, || {
+            bench::client::run_e2e(&args)
+        }),
         Command::Topic(args) => client_command(weir::cli::topic::run(&args)),
         Command::Produce(args) => client_command(weir::cli::produce::run(&args)),
         Command::Consume(args) => client_command(weir::cli::consume::run(&args)),

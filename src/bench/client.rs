@@ -645,8 +645,8 @@ pub fn run_consume(args: &ConsumeArgs) -> Result<Summary, String> {
             }
             last_progress = Instant::now();
             for r in &batch {
-                let b = r.value.as_ref().map_or(0, |v| v.len())
-                    + r.key.as_ref().map_or(0, |k| k.len());
+                let b =
+                    r.value.as_ref().map_or(0, |v| v.len()) + r.key.as_ref().map_or(0, |k| k.len());
                 records += 1;
                 bytes += b as u64;
             }

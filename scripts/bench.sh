@@ -15,7 +15,7 @@
 # Environment: WEIR (client binary, default target/release/weir),
 # WEIR_BROKER (broker binary, default $WEIR; the fsync-never run needs a
 # broker with --fsync and is skipped without), BENCH_BASE_PORT (default
-# 17400), BENCH_RECORDS (records per produce run, default 1000000),
+# 17400), BENCH_RECORDS (records per produce run, default 3000000),
 # BENCH_OUT (file the JSON lines are also written to).
 # Everything started is stopped on exit; temp data is removed.
 set -eu
@@ -23,7 +23,7 @@ set -eu
 WEIR=${WEIR:-target/release/weir}
 WEIR_BROKER=${WEIR_BROKER:-$WEIR}
 BASE=${BENCH_BASE_PORT:-17400}
-RECORDS=${BENCH_RECORDS:-1000000}
+RECORDS=${BENCH_RECORDS:-3000000}
 RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-90}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/weir-bench.XXXXXX")
 OUT=${BENCH_OUT:-$TMP/results.jsonl}
@@ -145,14 +145,14 @@ fi
 start_cluster 1 always
 run a-always produce --topic a-always --partitions 4 --records "$RECORDS" --record-size 100 --acks 1
 run c-always consume --topic a-always
-run d-1broker e2e --topic d --partitions 4 --rate 5000 --records 20000 --record-size 100 --acks 1
+run d-1broker e2e --topic d --partitions 4 --rate 5000 --records 50000 --record-size 100 --acks 1
 stop_cluster
 
 # (b) and (d) on three brokers.
 start_cluster 3 always
 run b-100 produce --topic b-100 --partitions 3 --replication-factor 3 --records "$RECORDS" --record-size 100 --acks all
 run b-1k produce --topic b-1k --partitions 3 --replication-factor 3 --records $((RECORDS / 4)) --record-size 1024 --acks all
-run d-3brokers e2e --topic d --partitions 3 --replication-factor 3 --rate 5000 --records 20000 --record-size 100 --acks all
+run d-3brokers e2e --topic d --partitions 3 --replication-factor 3 --rate 5000 --records 50000 --record-size 100 --acks all
 stop_cluster
 
 echo

@@ -716,7 +716,7 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
         // Send times are nanoseconds since `base`, which sender and receiver
         // share because they are this one process.
         let base = Instant::now();
-        let sender = {
+        let mut sender = Some({
             let topic = args.topic.clone();
             let (records, rate, size) = (args.records, args.rate, args.record_size_bytes);
             tokio::spawn(async move {
@@ -745,7 +745,7 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
                 acks.await
                     .unwrap_or_else(|e| Err(format!("an ack task failed: {e}")))
             })
-        };
+        });
         let (mut records, mut bytes) = (0u64, 0u64);
         let mut last_progress = Instant::now();
         while records < args.records {
@@ -755,7 +755,13 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
                 .map_err(|e| e.to_string())?;
             let now_ns = base.elapsed().as_nanos() as u64;
             if batch.is_empty() {
-                if sender.is_finished() && last_progress.elapsed() >= STALL_TIMEOUT {
+                // A sender that failed is the reason nothing arrives.
+                if let Some(handle) = sender.take_if(|h| h.is_finished()) {
+                    handle
+                        .await
+                        .unwrap_or_else(|e| Err(format!("the sender task failed: {e}")))?;
+                }
+                if sender.is_none() && last_progress.elapsed() >= STALL_TIMEOUT {
                     return Err(format!(
                         "received {records} of {} records; the rest did not arrive within {} s",
                         args.records,
@@ -781,9 +787,11 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
         }
         let elapsed = base.elapsed();
         progress.done.store(true, Ordering::Relaxed);
-        sender
-            .await
-            .unwrap_or_else(|e| Err(format!("the sender task failed: {e}")))?;
+        if let Some(handle) = sender {
+            handle
+                .await
+                .unwrap_or_else(|e| Err(format!("the sender task failed: {e}")))?;
+        }
         Ok(Summary {
             kind: "e2e",
             records,

@@ -47,6 +47,12 @@ enum Bench {
     /// Partition log append and read throughput against raw file writes
     /// (with fsync) and reads.
     Log(bench::log::LogArgs),
+    /// Producer throughput and acknowledgement latency against a cluster.
+    Produce(bench::client::ProduceArgs),
+    /// Consumer throughput reading a topic from the beginning.
+    Consume(bench::client::ConsumeArgs),
+    /// Latency from send to receipt by a consumer, at a fixed rate.
+    E2e(bench::client::E2eArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +65,21 @@ fn main() -> ExitCode {
         Command::Bench {
             bench: Bench::Log(args),
         } => bench_log(&args),
+        Command::Bench {
+            bench: Bench::Produce(args),
+        } => bench_client(args.validate(), args.client.output, || {
+            bench::client::run_produce(&args)
+        }),
+        Command::Bench {
+            bench: Bench::Consume(args),
+        } => bench_client(args.validate(), args.client.output, || {
+            bench::client::run_consume(&args)
+        }),
+        Command::Bench {
+            bench: Bench::E2e(args),
+        } => bench_client(args.validate(), args.client.output, || {
+            bench::client::run_e2e(&args)
+        }),
         Command::Topic(args) => client_command(weir::cli::topic::run(&args)),
         Command::Produce(args) => client_command(weir::cli::produce::run(&args)),
         Command::Consume(args) => client_command(weir::cli::consume::run(&args)),
@@ -115,6 +136,30 @@ fn bench_log(args: &bench::log::LogArgs) -> ExitCode {
     // A closed stdout (`| head`) is not worth a panic.
     let _ = std::io::stdout().write_all(out.as_bytes());
     ExitCode::SUCCESS
+}
+
+/// Runs a client benchmark: bad flags exit with the usage code, a failed
+/// run with the failure code, each as one line on stderr.
+fn bench_client(
+    valid: Result<(), String>,
+    output: weir::cli::output::Output,
+    run: impl FnOnce() -> Result<bench::client::Summary, String>,
+) -> ExitCode {
+    if let Err(msg) = valid {
+        eprintln!("error: {msg}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match run() {
+        Ok(summary) => {
+            let out = bench::client::render(&summary, output);
+            let _ = std::io::stdout().write_all(out.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            eprintln!("error: {}", msg.replace('\n', " "));
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 /// Prints a clap error as one line on stderr (help and version print as

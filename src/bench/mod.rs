@@ -8,7 +8,10 @@
 //!
 //! - [`log`]: `weir bench log`, the partition log's append and read
 //!   throughput against raw writes with fsync and raw reads.
+//! - [`client`]: `weir bench produce | consume | e2e`, a running cluster's
+//!   throughput and latency through the client library.
 
+pub mod client;
 pub mod log;
 
 use std::fmt;

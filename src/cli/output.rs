@@ -45,6 +45,8 @@ pub enum Json {
     Bool(bool),
     Int(i64),
     UInt(u64),
+    /// A finite number; NaN and infinities render as null.
+    Num(f64),
     Str(String),
     Arr(Vec<Json>),
     /// Keys in the order given.
@@ -76,6 +78,10 @@ impl Json {
             Json::UInt(n) => {
                 let _ = write!(out, "{n}");
             }
+            Json::Num(x) if x.is_finite() => {
+                let _ = write!(out, "{x}");
+            }
+            Json::Num(_) => out.push_str("null"),
             Json::Str(s) => escape(s, out),
             Json::Arr(items) => {
                 out.push('[');

@@ -1,0 +1,166 @@
+#!/bin/sh
+# Weir's standard benchmark set, on loopback, in about three minutes.
+#
+#   scripts/bench.sh                 # builds release, runs, prints a table
+#   SKIP_BUILD=1 scripts/bench.sh    # use the existing target/release/weir
+#
+# Runs, each against fresh brokers with fresh data directories:
+#   (a) one broker, RF 1, acks 1, 100-byte records, fsync never and always
+#   (b) three brokers, RF 3, acks all, 100-byte and 1 KiB records, fsync always
+#   (c) consume of (a)'s topics from the beginning
+#   (d) e2e latency at a fixed rate, on the one broker and on the three
+# plus the machine's limits: sequential write+fsync bandwidth in 64 KiB
+# writes (`weir bench log`) and loopback TCP bandwidth (python3 sockets).
+#
+# Environment: WEIR (client binary, default target/release/weir),
+# WEIR_BROKER (broker binary, default $WEIR; the fsync-never run needs a
+# broker with --fsync and is skipped without), BENCH_BASE_PORT (default
+# 17400), BENCH_RECORDS (records per produce run, default 3000000),
+# BENCH_OUT (file the JSON lines are also written to).
+# Everything started is stopped on exit; temp data is removed.
+set -eu
+
+WEIR=${WEIR:-target/release/weir}
+WEIR_BROKER=${WEIR_BROKER:-$WEIR}
+BASE=${BENCH_BASE_PORT:-17400}
+RECORDS=${BENCH_RECORDS:-3000000}
+RUN_TIMEOUT=${BENCH_RUN_TIMEOUT:-90}
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/weir-bench.XXXXXX")
+OUT=${BENCH_OUT:-$TMP/results.jsonl}
+PIDS=""
+
+cleanup() {
+  for p in $PIDS; do kill "$p" 2>/dev/null || true; done
+  for p in $PIDS; do wait "$p" 2>/dev/null || true; done
+  PIDS=""
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  echo "building release binaries ..." >&2
+  cargo build --release --quiet
+fi
+for b in "$WEIR" "$WEIR_BROKER"; do
+  [ -x "$b" ] || { echo "error: $b not found; build with cargo build --release" >&2; exit 1; }
+done
+FSYNC_FLAG=no
+if "$WEIR_BROKER" broker --help 2>/dev/null | grep -q -- '--fsync'; then FSYNC_FLAG=yes; fi
+
+# start_cluster N FSYNC: N brokers on BASE, BASE+10, ...; waits until ready.
+start_cluster() {
+  n=$1 fsync=$2
+  stop_cluster
+  peers=""
+  i=1
+  while [ "$i" -le "$n" ]; do
+    peers="$peers${peers:+,}$i=127.0.0.1:$((BASE + 10 * (i - 1) + 1))"
+    i=$((i + 1))
+  done
+  i=1
+  BOOTSTRAP=""
+  while [ "$i" -le "$n" ]; do
+    port=$((BASE + 10 * (i - 1)))
+    extra=""
+    if [ "$FSYNC_FLAG" = yes ]; then extra="--fsync $fsync"; fi
+    # shellcheck disable=SC2086
+    "$WEIR_BROKER" broker --id "$i" --data-dir "$TMP/data-$n-$fsync-$i" \
+      --listen "127.0.0.1:$port" --peer-listen "127.0.0.1:$((port + 1))" \
+      --peers "$peers" --log-level warn $extra >"$TMP/broker-$i.log" 2>&1 &
+    PIDS="$PIDS $!"
+    BOOTSTRAP="$BOOTSTRAP${BOOTSTRAP:+,}127.0.0.1:$port"
+    i=$((i + 1))
+  done
+  export WEIR_BOOTSTRAP="$BOOTSTRAP"
+  tries=0
+  while :; do
+    live=$("$WEIR" cluster describe --output json 2>/dev/null | grep -o '"live":true' | wc -l || true)
+    ctl=$("$WEIR" cluster describe --output json 2>/dev/null | grep -o '"controller_id":[1-9]' || true)
+    if [ "$live" -ge "$n" ] && [ -n "$ctl" ]; then break; fi
+    tries=$((tries + 1))
+    if [ "$tries" -gt 150 ]; then echo "error: cluster of $n not ready" >&2; exit 1; fi
+    sleep 0.2
+  done
+}
+
+stop_cluster() {
+  for p in $PIDS; do kill "$p" 2>/dev/null || true; done
+  for p in $PIDS; do wait "$p" 2>/dev/null || true; done
+  PIDS=""
+}
+
+# run NAME ARGS...: one bench run, bounded in time; its JSON goes to $OUT.
+run() {
+  name=$1
+  shift
+  echo "== $name: weir bench $*" >&2
+  if json=$(timeout "$RUN_TIMEOUT" "$WEIR" bench "$@" --output json); then
+    printf '%s\t%s\n' "$name" "$json" >>"$OUT"
+  else
+    echo "warning: $name failed or timed out" >&2
+    printf '%s\t{}\n' "$name" >>"$OUT"
+  fi
+}
+
+field() { # field KEY JSON: a number from flat-enough JSON
+  printf '%s' "$2" | grep -o "\"$1\": *[-0-9.e]*" | head -n 1 | sed 's/.*: *//'
+}
+
+: >"$OUT"
+echo "machine: $(nproc) cpus, $(free -g | awk '/^Mem:/ {print $2}') GiB memory, $(uname -r)" >&2
+
+# Limits of the machine.
+echo "== raw disk: weir bench log (64 KiB writes, fsync each)" >&2
+disk=$(timeout "$RUN_TIMEOUT" "$WEIR" bench log --dir "$TMP/disk" --record-sizes 100 \
+  --batch-bytes 65536 --total-mb 16 --repeat 1 --warm-reads --output json 2>/dev/null | tr -d '\n' || echo '[]')
+raw_write=$(field raw_write_mib_per_s "$disk")
+printf 'raw-disk\t%s\n' "$disk" >>"$OUT"
+echo "== loopback TCP (python3, 1 MiB sends, 2 GiB)" >&2
+tcp=$(timeout 60 python3 - <<'EOF' || echo 0
+import socket, threading, time
+total = 2 << 30
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+def sink():
+    c, _ = srv.accept(); buf = bytearray(1 << 20); v = memoryview(buf)
+    while c.recv_into(v): pass
+t = threading.Thread(target=sink); t.start()
+s = socket.create_connection(srv.getsockname()); chunk = b"\0" * (1 << 20)
+start = time.perf_counter(); sent = 0
+while sent < total: s.sendall(chunk); sent += len(chunk)
+s.close(); t.join()
+print(round(total / (1 << 20) / (time.perf_counter() - start), 1))
+EOF
+)
+printf 'loopback-tcp\t{"mib_per_sec":%s}\n' "$tcp" >>"$OUT"
+
+# (a), (c), (d) on one broker.
+if [ "$FSYNC_FLAG" = yes ]; then
+  start_cluster 1 never
+  run a-never produce --topic a-never --partitions 4 --records "$RECORDS" --record-size 100 --acks 1
+  run c-never consume --topic a-never
+else
+  echo "note: $WEIR_BROKER has no --fsync; fsync-never runs skipped (it always fsyncs)" >&2
+fi
+start_cluster 1 always
+run a-always produce --topic a-always --partitions 4 --records "$RECORDS" --record-size 100 --acks 1
+run c-always consume --topic a-always
+run d-1broker e2e --topic d --partitions 4 --rate 5000 --records 50000 --record-size 100 --acks 1
+stop_cluster
+
+# (b) and (d) on three brokers.
+start_cluster 3 always
+run b-100 produce --topic b-100 --partitions 3 --replication-factor 3 --records "$RECORDS" --record-size 100 --acks all
+run b-1k produce --topic b-1k --partitions 3 --replication-factor 3 --records $((RECORDS / 4)) --record-size 1024 --acks all
+run d-3brokers e2e --topic d --partitions 3 --replication-factor 3 --rate 5000 --records 50000 --record-size 100 --acks all
+stop_cluster
+
+echo
+echo "raw write+fsync (64 KiB): ${raw_write:-?} MiB/s; loopback TCP: $tcp MiB/s; broker --fsync: $FSYNC_FLAG"
+printf '%-11s %12s %10s %8s %8s %8s %8s\n' run records/s MiB/s p50_ms p99_ms p999_ms max_ms
+grep -v '^raw-disk\|^loopback' "$OUT" | while IFS="$(printf '\t')" read -r name json; do
+  printf '%-11s %12s %10s %8s %8s %8s %8s\n' "$name" \
+    "$(field records_per_sec "$json")" "$(field mb_per_sec "$json")" \
+    "$(field p50 "$json")" "$(field p99 "$json")" "$(field p999 "$json")" "$(field max "$json")"
+done
+if [ -n "${BENCH_OUT:-}" ]; then echo "JSON lines in $OUT"; fi

@@ -1,0 +1,190 @@
+//! `weir bench produce | consume | e2e` as a user runs them: the built
+//! binary against a spawned `weir broker`, small runs, their JSON keys and
+//! their answers to bad flags.
+
+mod common;
+
+use common::free_ports;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+struct Broker {
+    child: Child,
+    bootstrap: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn weir(bootstrap: &str, args: &[&str]) -> Output {
+    Command::new(WEIR)
+        .args(args)
+        .env("WEIR_BOOTSTRAP", bootstrap)
+        .stdin(Stdio::null())
+        .output()
+        .expect("weir runs")
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn start_broker() -> Broker {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let bootstrap = format!("127.0.0.1:{}", ports[0]);
+    let child = Command::new(WEIR)
+        .args(["broker", "--log-level", "warn", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", &bootstrap])
+        .args(["--peer-listen", &format!("127.0.0.1:{}", ports[1])])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("weir broker starts");
+    let b = Broker {
+        child,
+        bootstrap,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = weir(&b.bootstrap, &["cluster", "describe", "--output", "json"]);
+        if out.status.success() {
+            let v = json(&String::from_utf8_lossy(&out.stdout));
+            if v["controller_id"].as_u64().unwrap_or(0) != 0 {
+                return b;
+            }
+        }
+        assert!(Instant::now() < deadline, "broker not ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs a benchmark that must succeed; returns its JSON.
+fn bench(bootstrap: &str, args: &[&str]) -> (serde_json::Value, String) {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--output", "json"]);
+    let out = weir(bootstrap, &all);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "weir {all:?} failed: {stderr}");
+    (json(&String::from_utf8_lossy(&out.stdout)), stderr)
+}
+
+fn positive(v: &serde_json::Value, key: &str) -> f64 {
+    let x = v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no number {key:?} in {v}"));
+    assert!(x > 0.0, "{key} is {x} in {v}");
+    x
+}
+
+#[test]
+fn produce_then_consume_then_e2e() {
+    let b = start_broker();
+    let bs = b.bootstrap.as_str();
+
+    let (p, _) = bench(
+        bs,
+        &[
+            "produce",
+            "--topic",
+            "bench",
+            "--partitions",
+            "2",
+            "--records",
+            "3000",
+            "--record-size",
+            "50",
+            "--producers",
+            "2",
+            "--batch-records",
+            "100",
+        ],
+    );
+    assert_eq!(p["records"].as_u64(), Some(3000), "{p}");
+    positive(&p, "records_per_sec");
+    positive(&p, "mb_per_sec");
+    let lat = &p["latency_ms"];
+    for k in ["p50", "p99", "p999", "max"] {
+        positive(lat, k);
+    }
+    assert!(lat["p50"].as_f64() <= lat["max"].as_f64(), "{p}");
+
+    // Everything written, from the beginning (stops at the end offsets).
+    let (c, _) = bench(bs, &["consume", "--topic", "bench"]);
+    assert_eq!(c["records"].as_u64(), Some(3000), "{c}");
+    positive(&c, "records_per_sec");
+    positive(&c, "mb_per_sec");
+    let (c, _) = bench(bs, &["consume", "--topic", "bench", "--records", "1000"]);
+    assert!(c["records"].as_u64().unwrap_or(0) >= 1000, "{c}");
+
+    let (e, _) = bench(
+        bs,
+        &[
+            "e2e",
+            "--topic",
+            "bench",
+            "--rate",
+            "2000",
+            "--records",
+            "400",
+        ],
+    );
+    assert_eq!(e["records"].as_u64(), Some(400), "{e}");
+    for k in ["p50", "p99", "p999", "max"] {
+        positive(&e["latency_ms"], k);
+    }
+}
+
+#[test]
+fn bad_flags_exit_non_zero_with_one_line() {
+    // Checked before any connection: no broker needed.
+    let nowhere = "127.0.0.1:1";
+    for args in [
+        &["bench", "produce", "--topic", "t", "--records", "0"][..],
+        &["bench", "produce", "--topic", "t", "--acks", "2"],
+        &["bench", "produce", "--topic", "t", "--record-size", "0"],
+        &["bench", "produce", "--topic", "t", "--producers", "0"],
+        &["bench", "produce", "--topic", "t", "--rate", "0"],
+        &["bench", "produce", "--topic", "t", "--partitions", "0"],
+        &["bench", "produce", "--records", "10"],
+        &["bench", "consume", "--topic", "t", "--records", "x"],
+        &["bench", "e2e", "--topic", "t", "--record-size", "4"],
+        &["bench", "e2e", "--topic", "t", "--rate", "0"],
+    ] {
+        let out = weir(nowhere, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
+        assert!(err.starts_with("error"), "{args:?}: {err:?}");
+    }
+    // An unreachable cluster is a run failure: exit 1, one line.
+    let out = weir(
+        nowhere,
+        &["bench", "produce", "--topic", "t", "--records", "10"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+}
+
+#[test]
+fn unknown_topic_is_one_line() {
+    let b = start_broker();
+    let out = weir(
+        &b.bootstrap,
+        &["bench", "consume", "--topic", "missing", "--records", "1"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+}

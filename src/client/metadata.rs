@@ -8,7 +8,7 @@ use crate::io::net::{NetworkRef, TcpNetwork};
 use crate::proto::client_request::Body as Req;
 use crate::proto::client_response::Body as Resp;
 use crate::proto::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ pub struct Client {
 struct Inner {
     net: NetworkRef,
     config: ClientConfig,
-    conns: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
+    conns: tokio::sync::Mutex<BTreeMap<String, Arc<Connection>>>,
     meta: Mutex<Snapshot>,
 }
 

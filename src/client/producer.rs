@@ -14,7 +14,7 @@ use crate::proto::client_response::Body as Resp;
 use crate::proto::{ErrorCode, ProduceRequest};
 use crate::types::{BatchBuilder, Event, Header};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,6 +65,9 @@ pub struct ProducerConfig {
     /// How long the broker may take to answer one produce.
     pub request_timeout: Duration,
     pub retry_backoff: Duration,
+    /// Where record timestamps come from when a record has none: the wall
+    /// clock by default; a simulation passes its own, so runs replay.
+    pub clock: Option<crate::io::ClockRef>,
 }
 
 impl Default for ProducerConfig {
@@ -79,6 +82,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             retry_backoff: Duration::from_millis(100),
+            clock: None,
         }
     }
 }
@@ -156,7 +160,8 @@ struct Acc {
 
 #[derive(Default)]
 struct State {
-    accs: HashMap<(String, u32), Acc>,
+    // BTreeMap: batches are flushed in a deterministic order.
+    accs: BTreeMap<(String, u32), Acc>,
     sticky: Sticky,
     generation: u64,
     closed: bool,
@@ -190,6 +195,14 @@ impl std::fmt::Debug for Producer {
 const BATCH_OVERHEAD: usize = 61;
 
 impl Producer {
+    /// Epoch milliseconds for a record sent without a timestamp.
+    fn now_ms(&self) -> i64 {
+        match &self.inner.config.clock {
+            Some(clock) => clock.now_ms(),
+            None => wall_clock_ms(),
+        }
+    }
+
     pub fn new(client: Client, config: ProducerConfig) -> Producer {
         let permits = config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS);
         Producer {
@@ -234,7 +247,7 @@ impl Producer {
         let event = Event {
             key: rec.key,
             value: rec.value,
-            timestamp_ms: rec.timestamp_ms.unwrap_or_else(now_ms),
+            timestamp_ms: rec.timestamp_ms.unwrap_or_else(|| self.now_ms()),
             headers: rec.headers,
         };
         let size = BatchBuilder::new().record_size_bytes(&event);
@@ -401,7 +414,9 @@ impl Producer {
     }
 }
 
-fn now_ms() -> i64 {
+/// Wall-clock epoch milliseconds, for producers given no clock (the
+/// client runs in applications, not in the broker).
+fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -35,6 +35,7 @@
 use super::varint::{get_varint, get_varlong, put_varint, put_varlong, varlong_len};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt;
+use std::ops::Range;
 
 /// The magic byte of RecordBatch v2.
 pub const MAGIC: i8 = 2;
@@ -343,7 +344,7 @@ impl RecordBatch {
     /// a batch from the network is known good before it is stored.
     pub fn parse_full(buf: Bytes, max_bytes: usize) -> Result<RecordBatch, RecordError> {
         let batch = Self::parse(buf, max_bytes)?;
-        batch.records()?;
+        batch.validate_records()?;
         Ok(batch)
     }
 
@@ -426,12 +427,26 @@ impl RecordBatch {
     pub fn records(&self) -> Result<Vec<Record>, RecordError> {
         let h = self.header();
         let mut records = Vec::with_capacity(h.records_count as usize);
+        self.walk(&h, |layout| records.push(layout.record(&self.buf, &h)))?;
+        Ok(records)
+    }
+
+    /// Checks every record as [`Self::records`] would decode it, without
+    /// building them: no allocation for records without headers. This is
+    /// what a produced batch pays before it is stored.
+    pub fn validate_records(&self) -> Result<(), RecordError> {
+        let h = self.header();
+        self.walk(&h, |_| {})
+    }
+
+    /// Parses each record in turn and hands its layout to `each`.
+    fn walk(&self, h: &BatchHeader, mut each: impl FnMut(Layout)) -> Result<(), RecordError> {
         let mut pos = HEADER_SIZE;
         for i in 0..h.records_count {
-            let (record, next) = decode_record(&self.buf, pos, &h, i)
+            let layout = parse_record(&self.buf, pos, i)
                 .map_err(|e| RecordError::Malformed(format!("record {i} at byte {pos}: {e}")))?;
-            records.push(record);
-            pos = next;
+            pos = layout.end;
+            each(layout);
         }
         if pos != self.buf.len() {
             return Err(RecordError::Malformed(format!(
@@ -440,14 +455,52 @@ impl RecordBatch {
                 h.records_count
             )));
         }
-        Ok(records)
+        Ok(())
     }
 }
 
-/// Reads records one at a time from `buf` at `pos`: a cursor over untrusted
-/// bytes that reports where a record went wrong.
+/// Where the parts of one record lie in the batch's bytes, once checked.
+struct Layout {
+    end: usize,
+    offset_delta: i32,
+    timestamp_delta: i64,
+    key: Option<Range<usize>>,
+    value: Option<Range<usize>>,
+    headers: Vec<HeaderSpan>,
+}
+
+/// Where a header's (UTF-8) key and its value lie.
+type HeaderSpan = (Range<usize>, Option<Range<usize>>);
+
+impl Layout {
+    /// The record, its byte strings sharing the batch's bytes.
+    fn record(self, buf: &Bytes, h: &BatchHeader) -> Record {
+        let slice = |r: Option<Range<usize>>| r.map(|r| buf.slice(r));
+        let headers = self
+            .headers
+            .into_iter()
+            .map(|(k, v)| Header {
+                // Checked to be UTF-8 when parsed.
+                key: String::from_utf8_lossy(&buf[k]).into_owned(),
+                value: slice(v),
+            })
+            .collect();
+        Record {
+            offset: h.base_offset + self.offset_delta as i64,
+            event: Event {
+                key: slice(self.key),
+                value: slice(self.value),
+                timestamp_ms: h.base_timestamp.wrapping_add(self.timestamp_delta),
+                headers,
+            },
+        }
+    }
+}
+
+/// Reads the fields of one record from untrusted bytes, reporting where a
+/// record went wrong.
 struct Cursor<'a> {
-    buf: &'a Bytes,
+    buf: &'a [u8],
     pos: usize,
     end: usize,
 }
@@ -475,8 +528,8 @@ impl Cursor<'_> {
         Ok(self.buf[self.pos - 1])
     }
 
-    /// A length-prefixed byte string; length -1 is null.
-    fn bytes(&mut self, what: &str) -> Result<Option<Bytes>, String> {
+    /// A length-prefixed byte string's place; length -1 is null.
+    fn span(&mut self, what: &str) -> Result<Option<Range<usize>>, String> {
         let len = self.varint(what)?;
         if len == -1 {
             return Ok(None);
@@ -485,20 +538,14 @@ impl Cursor<'_> {
         if len > self.end - self.pos {
             return Err(format!("{what} of {len} bytes overruns the record"));
         }
-        let b = self.buf.slice(self.pos..self.pos + len);
         self.pos += len;
-        Ok(Some(b))
+        Ok(Some(self.pos - len..self.pos))
     }
 }
 
-/// Decodes record number `index`, which must carry offset delta `index`:
+/// Parses record number `index`, which must carry offset delta `index`:
 /// offsets inside a batch are dense, as Kafka's validator also demands.
-fn decode_record(
-    buf: &Bytes,
-    pos: usize,
-    h: &BatchHeader,
-    index: i32,
-) -> Result<(Record, usize), String> {
+fn parse_record(buf: &[u8], pos: usize, index: i32) -> Result<Layout, String> {
     let (len, n) = get_varint(&buf[pos..]).ok_or("bad varint for record length")?;
     let len = usize::try_from(len).map_err(|_| format!("negative record length {len}"))?;
     let start = pos + n;
@@ -511,31 +558,31 @@ fn decode_record(
         end: start + len,
     };
     let _attributes = c.byte()?;
-    let ts_delta = c.varlong("timestamp delta")?;
+    let timestamp_delta = c.varlong("timestamp delta")?;
     let offset_delta = c.varint("offset delta")?;
     if offset_delta != index {
         return Err(format!("offset delta {offset_delta}, expected {index}"));
     }
-    let key = c.bytes("key")?;
-    let value = c.bytes("value")?;
-    let headers = decode_headers(&mut c)?;
+    let key = c.span("key")?;
+    let value = c.span("value")?;
+    let headers = parse_headers(&mut c)?;
     if c.pos != c.end {
         return Err(format!(
             "{} stray bytes at the end of the record",
             c.end - c.pos
         ));
     }
-    let event = Event {
+    Ok(Layout {
+        end: c.end,
+        offset_delta,
+        timestamp_delta,
         key,
         value,
-        timestamp_ms: h.base_timestamp.wrapping_add(ts_delta),
         headers,
-    };
-    let offset = h.base_offset + offset_delta as i64;
-    Ok((Record { offset, event }, c.end))
+    })
 }
 
-fn decode_headers(c: &mut Cursor<'_>) -> Result<Vec<Header>, String> {
+fn parse_headers(c: &mut Cursor<'_>) -> Result<Vec<HeaderSpan>, String> {
     let count = c.varint("header count")?;
     let count = usize::try_from(count).map_err(|_| format!("negative header count {count}"))?;
     // Each header takes at least two bytes: bound the allocation by the input.
@@ -544,10 +591,10 @@ fn decode_headers(c: &mut Cursor<'_>) -> Result<Vec<Header>, String> {
     }
     let mut headers = Vec::with_capacity(count);
     for _ in 0..count {
-        let key = c.bytes("header key")?.ok_or("null header key")?;
-        let key = String::from_utf8(key.to_vec()).map_err(|_| "header key is not UTF-8")?;
-        let value = c.bytes("header value")?;
-        headers.push(Header { key, value });
+        let key = c.span("header key")?.ok_or("null header key")?;
+        std::str::from_utf8(&c.buf[key.clone()]).map_err(|_| "header key is not UTF-8")?;
+        let value = c.span("header value")?;
+        headers.push((key, value));
     }
     Ok(headers)
 }
@@ -832,6 +879,34 @@ mod tests {
     /// Garbage after a valid header, with a correct CRC, still decodes to an
     /// error or to records, never a panic: the CRC is no defence against a
     /// malicious producer.
+    fn validation_agrees_with_decoding(count: u8, body: Vec<u8>) -> bool {
+        let mut buf = build(&[Event::default()]).as_bytes().to_vec();
+        buf.truncate(HEADER_SIZE);
+        buf.extend_from_slice(&body);
+        let len = (buf.len() - LOG_OVERHEAD) as i32;
+        buf[8..12].copy_from_slice(&len.to_be_bytes());
+        let n = (count % 4) as i32 + 1;
+        buf[23..27].copy_from_slice(&(n - 1).to_be_bytes());
+        buf[57..61].copy_from_slice(&n.to_be_bytes());
+        let crc = crc32c::crc32c(&buf[ATTRIBUTES_POS..]);
+        buf[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+        match RecordBatch::parse(Bytes::from(buf), MAX) {
+            Ok(b) => b.validate_records().is_ok() == b.records().is_ok(),
+            Err(_) => true,
+        }
+    }
+
+    #[test]
+    fn quickcheck_validation_agrees_with_decoding() {
+        QuickCheck::new()
+            .tests(3000)
+            .quickcheck(validation_agrees_with_decoding as fn(u8, Vec<u8>) -> bool);
+        // And on well-formed batches.
+        QuickCheck::new()
+            .tests(200)
+            .quickcheck((|e: Events| build(&e.0).validate_records().is_ok()) as fn(Events) -> bool);
+    }
+
     fn garbage_records_with_valid_crc(count: u8, body: Vec<u8>) -> bool {
         let mut buf = build(&[Event::default()]).as_bytes().to_vec();
         buf.truncate(HEADER_SIZE);

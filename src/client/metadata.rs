@@ -279,8 +279,13 @@ impl Client {
     /// A topic's metadata, from the cache or fetched. An unknown topic is
     /// an error naming it.
     pub async fn topic(&self, name: &str) -> Result<TopicMetadata, Error> {
-        if let Some(t) = self.snapshot().topics.get(name) {
-            return Ok(t.clone());
+        // Clone the one topic, not the whole cache: this runs on every send.
+        let cached = {
+            let meta = self.inner.meta.lock().unwrap_or_else(|e| e.into_inner());
+            meta.topics.get(name).cloned()
+        };
+        if let Some(t) = cached {
+            return Ok(t);
         }
         self.refresh_topic(name).await
     }

@@ -107,6 +107,8 @@ struct World {
     /// The highest acknowledged offset per partition: consumers stop once
     /// past all of them in the quiet phase.
     acked_max: BTreeMap<u32, i64>,
+    /// Producers started (the prober not included).
+    producers: u32,
     /// Producers still running: consumers finish only after all have
     /// stopped, so no acknowledgement arrives after the last read.
     producers_left: u32,
@@ -151,6 +153,7 @@ pub fn run(o: &Options) -> RunResult {
             ..History::default()
         },
         acked_max: BTreeMap::new(),
+        producers: o.producers,
         // The prober counts as a producer: consumers read past its writes.
         producers_left: o.producers + 1,
         // The consumers, the late consumer, and the replica auditor.
@@ -190,6 +193,7 @@ fn clone_world(w: &World) -> World {
         trace: w.trace.clone(),
         history: w.history.clone(),
         acked_max: w.acked_max.clone(),
+        producers: w.producers,
         producers_left: w.producers_left,
         consumers_left: w.consumers_left,
         last_leader: w.last_leader,
@@ -527,7 +531,12 @@ async fn producer(w: Shared, o: Rc<Options>, i: u32) {
                 .entry(partition)
                 .or_insert_with(|| rng.gen_range(1..=o.brokers));
             let at = begin_write(&w, i, partition, &key, &value);
-            let (outcome, hint) = produce_once(&mut conns, to, partition, &key, &value).await;
+            let acks = if acks_all(i, o.producers) {
+                Acks::All
+            } else {
+                Acks::Leader
+            };
+            let (outcome, hint) = produce_once(&mut conns, to, partition, &key, &value, acks).await;
             let acked = matches!(outcome, Outcome::Acked { .. });
             if !acked {
                 let next = hint.unwrap_or_else(|| rng.gen_range(1..=o.brokers));
@@ -681,7 +690,8 @@ async fn prober(w: Shared, o: Rc<Options>) {
             let value = format!("probe-{partition}-{n}");
             n += 1;
             let at = begin_write(&w, o.producers, partition, &key, &value);
-            let (outcome, hint) = produce_once(&mut conns, to, partition, &key, &value).await;
+            let (outcome, hint) =
+                produce_once(&mut conns, to, partition, &key, &value, Acks::All).await;
             let acked = matches!(outcome, Outcome::Acked { .. });
             finish_write(&w, at, to, outcome);
             if acked {
@@ -704,12 +714,22 @@ async fn prober(w: Shared, o: Rc<Options>) {
     w.borrow_mut().producers_left -= 1;
 }
 
+/// Whether producer `i` of `producers` writes with acks=all: all do but the
+/// last of several, which writes with acks=1 (its losses in a leader change
+/// are allowed, and reported apart as `lost-write-acks1`). The prober (index
+/// `producers`) uses acks=all.
+fn acks_all(i: u32, producers: u32) -> bool {
+    producers < 2 || i + 1 != producers
+}
+
 /// Records an attempt as it starts, as `Unknown`: if the run ends before
 /// it is answered, that is what it stays.
 fn begin_write(w: &Shared, i: u32, partition: u32, key: &str, value: &str) -> usize {
     let mut wm = w.borrow_mut();
+    let acks_all = acks_all(i, wm.producers);
     wm.history.writes.push(Write {
         producer: i,
+        acks_all,
         partition,
         key: key.into(),
         value: value.into(),
@@ -746,11 +766,12 @@ async fn produce_once(
     partition: u32,
     key: &str,
     value: &str,
+    acks: Acks,
 ) -> (Outcome, Option<u64>) {
     let req = Req::Produce(ProduceRequest {
         topic: TOPIC.into(),
         partition,
-        acks: Acks::All as i32,
+        acks: acks as i32,
         batch: batch(key, value).as_bytes().clone(),
         timeout_ms: 2000,
     });

@@ -55,6 +55,8 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
     pub producer: u32,
+    /// acks=all (else acks=1, whose losses are allowed and reported apart).
+    pub acks_all: bool,
     pub partition: u32,
     pub key: String,
     pub value: String,

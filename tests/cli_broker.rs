@@ -133,11 +133,8 @@ async fn read_all_retry(c: &Connection) -> Option<Vec<weir::types::Record>> {
     if p.error.is_some() {
         return None;
     }
-    let mut bytes = p.records.clone();
     let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let h = weir::types::BatchHeader::parse(&bytes, usize::MAX).ok()?;
-        let b = weir::types::RecordBatch::parse(bytes.split_to(h.size_bytes()), usize::MAX).ok()?;
+    for b in weir::types::split_batches(p.records.clone(), usize::MAX).ok()? {
         if !b.is_control() {
             out.extend(b.records().ok()?);
         }

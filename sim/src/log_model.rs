@@ -362,22 +362,25 @@ fn check_read(log: &PartitionLog, m: &Model, offset: i64, max_bytes: usize) -> R
     if got.batches == 0 {
         return Err(format!("read at {offset} returned nothing"));
     }
-    let mut bytes = got.bytes.clone();
     let mut expected = m
         .entries
         .iter()
         .skip_while(|e| e.base_offset + (e.events.len() as i64) <= offset);
-    for _ in 0..got.batches {
-        let h = weir::types::BatchHeader::parse(&bytes, usize::MAX).map_err(|e| e.to_string())?;
-        let batch = RecordBatch::parse(bytes.split_to(h.size_bytes()), usize::MAX)
-            .map_err(|e| e.to_string())?;
+    // Whole batches only: a partial one is an error here.
+    let batches = weir::types::split_batches(got.bytes.clone(), usize::MAX)
+        .map_err(|e| format!("read returned bytes that are not whole batches: {e}"))?;
+    if batches.len() != got.batches {
+        return Err(format!(
+            "read reported {} batches, returned {}",
+            got.batches,
+            batches.len()
+        ));
+    }
+    for batch in batches {
         let want = expected
             .next()
             .ok_or("read returned more batches than the model holds")?;
         compare(&batch, want)?;
-    }
-    if !bytes.is_empty() {
-        return Err("read returned a partial batch".into());
     }
     Ok(())
 }

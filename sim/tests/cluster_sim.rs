@@ -187,13 +187,10 @@ async fn check(live: &[u64], acked: &BTreeMap<(u32, i64), String>) -> Result<(),
         let Some(Resp::Fetch(f)) = ask(leader, req).await else {
             return Err(format!("no fetch answer from broker {leader}"));
         };
-        let mut bytes = f.partitions[0].records.clone();
         let mut seen = BTreeMap::new();
-        while !bytes.is_empty() {
-            let h =
-                weir::types::BatchHeader::parse(&bytes, usize::MAX).map_err(|e| e.to_string())?;
-            let b = RecordBatch::parse(bytes.split_to(h.size_bytes()), usize::MAX)
-                .map_err(|e| e.to_string())?;
+        let batches = weir::types::split_batches(f.partitions[0].records.clone(), usize::MAX)
+            .map_err(|e| e.to_string())?;
+        for b in batches {
             if b.is_control() {
                 continue;
             }

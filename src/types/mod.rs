@@ -5,5 +5,6 @@ pub mod record;
 mod varint;
 
 pub use record::{
-    BatchBuilder, BatchHeader, ControlType, Event, Header, Record, RecordBatch, RecordError,
+    split_batches, BatchBuilder, BatchHeader, ControlType, Event, Header, Record, RecordBatch,
+    RecordError,
 };

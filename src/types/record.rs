@@ -459,6 +459,29 @@ impl RecordBatch {
     }
 }
 
+/// Splits consecutive batches, as a fetch returns them or a segment holds
+/// them, checking each one's header and CRC. Any bytes that are not a whole
+/// valid batch are an error, so callers that must tolerate a partial last
+/// batch (Kafka allows a fetch to end in one) check for that themselves.
+pub fn split_batches(mut bytes: Bytes, max_bytes: usize) -> Result<Vec<RecordBatch>, RecordError> {
+    let mut out = Vec::new();
+    // Bounded: each pass consumes at least a header's worth of bytes.
+    while !bytes.is_empty() {
+        let h = BatchHeader::parse(&bytes, max_bytes)?;
+        if h.size_bytes() > bytes.len() {
+            return Err(RecordError::Truncated {
+                needed_bytes: h.size_bytes(),
+                have_bytes: bytes.len(),
+            });
+        }
+        out.push(RecordBatch::parse(
+            bytes.split_to(h.size_bytes()),
+            max_bytes,
+        )?);
+    }
+    Ok(out)
+}
+
 /// Where the parts of one record lie in the batch's bytes, once checked.
 struct Layout {
     end: usize,
@@ -978,6 +1001,19 @@ mod tests {
         bytes[last] ^= 0xff;
         let err = RecordBatch::parse(Bytes::from(bytes), MAX).unwrap_err();
         assert!(matches!(err, RecordError::CrcMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn split_batches_takes_whole_batches_only() {
+        let a = build(&[Event::default()]).stamp(0, 1);
+        let b = build(&[Event::default(), Event::default()]).stamp(1, 1);
+        let mut both = a.as_bytes().to_vec();
+        both.extend_from_slice(b.as_bytes());
+        let split = split_batches(Bytes::from(both.clone()), MAX).unwrap();
+        assert_eq!(split, vec![a, b]);
+        both.pop();
+        let err = split_batches(Bytes::from(both), MAX).unwrap_err();
+        assert!(matches!(err, RecordError::Truncated { .. }), "{err}");
     }
 
     #[test]

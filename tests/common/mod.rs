@@ -297,13 +297,10 @@ pub async fn read_all(c: &Connection, topic: &str, partition: u32) -> Vec<weir::
         };
         let p = &f.partitions[0];
         assert!(p.error.is_none(), "fetch failed: {:?}", p.error);
-        let mut bytes = p.records.clone();
-        if bytes.is_empty() {
+        if p.records.is_empty() {
             return out;
         }
-        while !bytes.is_empty() {
-            let h = weir::types::BatchHeader::parse(&bytes, usize::MAX).unwrap();
-            let batch = RecordBatch::parse(bytes.split_to(h.size_bytes()), usize::MAX).unwrap();
+        for batch in weir::types::split_batches(p.records.clone(), usize::MAX).unwrap() {
             if !batch.is_control() {
                 out.extend(
                     batch

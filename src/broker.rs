@@ -31,6 +31,9 @@ pub const CONTROLLER_VOTERS_MAX: usize = 5;
 const DRIVER_QUEUE_LEN: usize = 4096;
 /// How often a broker tells its peers which groups it leads.
 const LEADER_REPORT_MS: u64 = 500;
+// Idle groups trust these reports for a while (transport.rs); a window of
+// one report would wake every idle group whenever one report is late.
+const _: () = assert!(transport::QUIESCENT_TRUST_MS >= 3 * LEADER_REPORT_MS);
 
 /// How a broker is set up.
 #[derive(Clone, Debug)]
@@ -220,6 +223,11 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
         logger.clone(),
         DRIVER_QUEUE_LEN,
     );
+    let driver = if config.driver.quiesce {
+        driver.with_liveness(Box::new(view.clone()))
+    } else {
+        driver
+    };
     tasks.spawn(driver.run());
 
     let metadata = Metadata::default();

@@ -53,6 +53,9 @@ enum Bench {
     Consume(bench::client::ConsumeArgs),
     /// Latency from send to receipt by a consumer, at a fixed rate.
     E2e(bench::client::E2eArgs),
+    /// Creates N partitions and reports the brokers' CPU use and memory
+    /// while idle and under a light load across all of them.
+    Partitions(bench::partitions::PartitionsArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +83,9 @@ fn main() -> ExitCode {
         } => bench_client(args.validate(), args.client.output, || {
             bench::client::run_e2e(&args)
         }),
+        Command::Bench {
+            bench: Bench::Partitions(args),
+        } => bench_partitions(&args),
         Command::Topic(args) => client_command(weir::cli::topic::run(&args)),
         Command::Produce(args) => client_command(weir::cli::produce::run(&args)),
         Command::Consume(args) => client_command(weir::cli::consume::run(&args)),
@@ -152,6 +158,24 @@ fn bench_client(
     match run() {
         Ok(summary) => {
             let out = bench::client::render(&summary, output);
+            let _ = std::io::stdout().write_all(out.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            eprintln!("error: {}", msg.replace('\n', " "));
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn bench_partitions(args: &bench::partitions::PartitionsArgs) -> ExitCode {
+    if let Err(msg) = args.validate() {
+        eprintln!("error: {msg}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match bench::partitions::run(args) {
+        Ok(report) => {
+            let out = bench::partitions::render(&report, args.client.output);
             let _ = std::io::stdout().write_all(out.as_bytes());
             ExitCode::SUCCESS
         }

@@ -235,6 +235,8 @@ pub struct Summary {
     pub elapsed: Duration,
     /// None for consume.
     pub latency: Option<Latency>,
+    /// Produce only, where the brokers report their storage writes.
+    pub write_amplification: Option<super::amplification::Amplification>,
 }
 
 impl Summary {
@@ -283,6 +285,9 @@ pub fn render(s: &Summary, output: Output) -> String {
                     ]),
                 ));
             }
+            if let Some(ratio) = s.write_amplification.and_then(|a| a.ratio()) {
+                fields.push(("write_amplification", num(ratio)));
+            }
             fields.push(("elapsed_ms", Json::UInt(s.elapsed.as_millis() as u64)));
             Json::obj(fields).render() + "\n"
         }
@@ -300,6 +305,15 @@ pub fn render(s: &Summary, output: Output) -> String {
                     "latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n",
                     l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
                 ));
+            }
+            if let Some(a) = s.write_amplification {
+                if let Some(ratio) = a.ratio() {
+                    out.push_str(&format!(
+                        "write amplification: {ratio:.3} ({} bytes written to storage by the \
+                         brokers for {} bytes of partition log on all replicas)\n",
+                        a.disk_bytes, a.log_bytes
+                    ));
+                }
             }
             out
         }
@@ -382,7 +396,7 @@ fn spawn_progress(kind: &'static str, p: Arc<Progress>, with_latency: bool) {
     });
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -449,6 +463,8 @@ pub fn run_produce(args: &ProduceArgs) -> Result<Summary, String> {
             .await
             .map_err(|e| e.to_string())?;
         prepare_topic(&client, &args.topic, &args.create).await?;
+        let admin = Admin::new(client.clone());
+        let amplification_start = super::amplification::snapshot(&admin, &args.topic).await;
         let mut producer_config = ProducerConfig {
             acks: args.acks,
             linger: Duration::from_millis(args.linger_ms),
@@ -499,12 +515,19 @@ pub fn run_produce(args: &ProduceArgs) -> Result<Summary, String> {
         if let Some(e) = first_error {
             return Err(e);
         }
+        let write_amplification = match amplification_start {
+            Some(start) => super::amplification::snapshot(&admin, &args.topic)
+                .await
+                .and_then(|end| super::amplification::between(&start, &end)),
+            None => None,
+        };
         Ok(Summary {
             kind: "produce",
             records: progress.records.load(Ordering::Relaxed),
             bytes: progress.bytes.load(Ordering::Relaxed),
             elapsed,
             latency: Some(Latency::of(&progress.histogram())),
+            write_amplification,
         })
     })
 }
@@ -661,6 +684,7 @@ pub fn run_consume(args: &ConsumeArgs) -> Result<Summary, String> {
             bytes,
             elapsed,
             latency: None,
+            write_amplification: None,
         })
     })
 }
@@ -798,6 +822,7 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
             bytes,
             elapsed,
             latency: Some(Latency::of(&progress.histogram())),
+            write_amplification: None,
         })
     })
 }
@@ -819,9 +844,21 @@ mod tests {
                 p999_ms: 3.0,
                 max_ms: 4.0,
             }),
+            write_amplification: None,
         };
         let j = render(&s, Output::Json);
         assert!(j.starts_with(r#"{"records":1000,"records_per_sec":2000,"mb_per_sec":0.19,"latency_ms":{"p50":1,"p99":2,"p999":3,"max":4}"#), "{j}");
+        assert!(!j.contains("write_amplification"), "{j}");
+        let with = Summary {
+            write_amplification: Some(super::super::amplification::Amplification {
+                disk_bytes: 1050,
+                log_bytes: 1000,
+            }),
+            ..s
+        };
+        let j = render(&with, Output::Json);
+        assert!(j.contains(r#""write_amplification":1.05"#), "{j}");
+        assert!(render(&with, Output::Table).contains("write amplification: 1.050"));
     }
 
     #[test]

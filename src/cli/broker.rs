@@ -69,7 +69,18 @@ const KEYS: &[&str] = &[
     "max_connections",
     "max_in_flight_per_connection",
     "fsync",
+    "quiesce_idle_groups",
 ];
+
+fn boolean(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!(
+            "setting {key} must be true or false, got '{other}'"
+        )),
+    }
+}
 
 /// Parses `key = value` lines; errors name the line.
 pub fn parse_config_file(text: &str) -> Result<BTreeMap<String, String>, String> {
@@ -180,15 +191,10 @@ fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
         broker.retention_check_ms = number("retention_check_ms", v)?;
     }
     if let Some(v) = s.get("auto_create_topics") {
-        broker.auto_create_topics = match v.as_str() {
-            "true" => true,
-            "false" => false,
-            other => {
-                return Err(format!(
-                    "setting auto_create_topics must be true or false, got '{other}'"
-                ))
-            }
-        };
+        broker.auto_create_topics = boolean("auto_create_topics", v)?;
+    }
+    if let Some(v) = s.get("quiesce_idle_groups") {
+        broker.driver.quiesce = boolean("quiesce_idle_groups", v)?;
     }
     if let Some(v) = s.get("max_connections") {
         broker.limits.connections_max = number("max_connections", v)?;

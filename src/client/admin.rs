@@ -214,6 +214,26 @@ impl Admin {
         Ok(out)
     }
 
+    /// Every live broker's own resource use and Raft group counts (see
+    /// `DescribeBrokerStatsResponse`), in broker id order. A broker that
+    /// cannot be asked is an error: the figures are meant to cover the
+    /// whole cluster.
+    pub async fn broker_stats(&self) -> Result<Vec<DescribeBrokerStatsResponse>, Error> {
+        self.client.refresh(&[]).await?;
+        let snap = self.client.snapshot();
+        let mut out = Vec::new();
+        for b in snap.brokers.values().filter(|b| b.live) {
+            let req = Req::DescribeBrokerStats(DescribeBrokerStatsRequest {});
+            let c = self.client.connection(&b.client_addr).await?;
+            match self.client.call(&c, req).await? {
+                Resp::DescribeBrokerStats(s) => out.push(s),
+                _ => return Err(unexpected()),
+            }
+        }
+        out.sort_by_key(|s| s.broker_id);
+        Ok(out)
+    }
+
     /// A topic's partitions (leaders, replicas, in-sync replicas, offsets
     /// and size from the leader's log dir) and its effective config.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDesc, Error> {

@@ -22,6 +22,7 @@ pub mod clock;
 mod faulty;
 pub mod frame;
 pub mod net;
+pub mod process;
 mod real;
 
 pub use clock::{Clock, ClockRef, TokioClock};

@@ -23,11 +23,25 @@
 //! redraws) overrides the timeout with a draw from the broker's seeded RNG,
 //! before the group is ticked again. Groups live in a BTreeMap and are
 //! visited in id order.
+//!
+//! Quiescence: an idle partition costs no CPU and sends nothing. A leader
+//! whose followers all hold its whole log, committed, and whose brokers are
+//! all live, stops ticking after [`DriverConfig::quiesce_after_ticks`]
+//! (so no more heartbeats); a follower stops ticking while its leader's
+//! broker keeps confirming, in the leader reports it sends every broker
+//! once for all its groups, that it leads this group at this term (so no
+//! election while the leader is known to be there). That per-broker-pair
+//! report is the coalesced heartbeat of every quiet group, as Redpanda's
+//! heartbeat manager coalesces them. Anything that needs the group wakes
+//! it: a proposal or a vote request (the leader is no longer settled), a
+//! report that stops confirming, a broker that falls silent. Ticks drive
+//! only liveness in Raft, never safety, so a group ticked less can be late
+//! to notice a failure, never wrong.
 
 use super::raft_log::RaftLog;
 use crate::io::ClockRef;
 use crate::types::RecordBatch;
-use raft::eraftpb::{Entry, EntryType, Message};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -82,6 +96,14 @@ pub struct DriverConfig {
     /// Election timeouts are drawn from `[election_tick_min, election_tick_max)`.
     pub election_tick_min: usize,
     pub election_tick_max: usize,
+    /// Ticks a leader stays settled (every follower holds its whole log,
+    /// committed) before it stops ticking: enough for the heartbeats that
+    /// carry the final commit index to go out.
+    pub quiesce_after_ticks: u64,
+    /// Whether idle groups stop ticking (the broker setting
+    /// `quiesce_idle_groups`, on by default); the broker then hands the
+    /// driver its view of the peers ([`Driver::with_liveness`]).
+    pub quiesce: bool,
     /// Largest append message, in bytes of entries.
     pub message_bytes_max: u64,
     /// Appends in flight per follower.
@@ -101,6 +123,8 @@ impl DriverConfig {
             heartbeat_tick: 2,
             election_tick_min: 10,
             election_tick_max: 20,
+            quiesce_after_ticks: 5,
+            quiesce: true,
             message_bytes_max: 1024 * 1024,
             inflight_messages_max: 64,
             inputs_per_round_max: 1024,
@@ -227,6 +251,30 @@ pub trait Outbound: Send {
     fn send(&mut self, to: u64, messages: Vec<(u64, Message)>);
 }
 
+/// What the broker knows about its peers as a whole, from traffic between
+/// brokers rather than from each group: the basis on which idle groups stop
+/// ticking (see the module doc).
+pub trait Liveness: Send {
+    /// Whether `broker` was heard from recently.
+    fn broker_live(&self, broker: u64) -> bool;
+    /// Whether `leader`'s latest report, received recently, says that it
+    /// leads `group` at `term`.
+    fn confirms_leader(&self, group: u64, leader: u64, term: u64) -> bool;
+}
+
+/// Knows nothing of peers, so no group ever quiesces: every group ticks, as
+/// in plain raft-rs.
+pub struct NoLiveness;
+
+impl Liveness for NoLiveness {
+    fn broker_live(&self, _broker: u64) -> bool {
+        false
+    }
+    fn confirms_leader(&self, _group: u64, _leader: u64, _term: u64) -> bool {
+        false
+    }
+}
+
 /// A group's state as other tasks see it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupStatus {
@@ -240,6 +288,8 @@ pub struct GroupStatus {
     pub failed: Option<String>,
     /// Followers whose log matches the leader's last index (leader only).
     pub in_sync: Vec<u64>,
+    /// Idle and no longer ticked (see the module doc).
+    pub quiescent: bool,
 }
 
 /// Shared view of every group's status, updated by the driver after each
@@ -263,6 +313,14 @@ impl StatusBoard {
             .filter(|(_, s)| s.is_leader)
             .map(|(id, s)| (*id, s.term))
             .collect()
+    }
+
+    /// Counts of (hosted, leading, quiescent) groups.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let groups = lock(&self.groups);
+        let leading = groups.values().filter(|s| s.is_leader).count();
+        let quiet = groups.values().filter(|s| s.quiescent).count();
+        (groups.len(), leading, quiet)
     }
 
     /// A receiver that sees a new value whenever a high watermark moves.
@@ -297,6 +355,10 @@ struct Group {
     answers: Vec<(oneshot::Sender<ProposeResult>, ProposeResult)>,
     failed: Option<String>,
     status: GroupStatus,
+    /// Consecutive ticks this group has led with nothing left to replicate.
+    settled_ticks: u64,
+    /// Not ticked at the last tick.
+    quiescent: bool,
 }
 
 /// The driver task's state. Build with [`Driver::new`], run with
@@ -306,6 +368,7 @@ pub struct Driver {
     groups: BTreeMap<u64, Group>,
     inputs: mpsc::Receiver<Input>,
     outbound: Box<dyn Outbound>,
+    liveness: Box<dyn Liveness>,
     outbox: BTreeMap<u64, Vec<(u64, Message)>>,
     board: Arc<Mutex<BTreeMap<u64, GroupStatus>>>,
     changed: watch::Sender<u64>,
@@ -313,6 +376,10 @@ pub struct Driver {
     clock: ClockRef,
     logger: Logger,
     ticks: u64,
+    /// Groups ticked, stepped, proposed to or otherwise changed since the
+    /// last round, and groups left with a Ready: the only ones a round
+    /// looks at, so that idle groups cost nothing.
+    touched: std::collections::BTreeSet<u64>,
     /// Groups with appends not yet fsynced (fsync interval or never).
     unsynced: std::collections::BTreeSet<u64>,
     last_fsync: tokio::time::Instant,
@@ -342,6 +409,7 @@ impl Driver {
             groups: BTreeMap::new(),
             inputs: rx,
             outbound,
+            liveness: Box::new(NoLiveness),
             outbox: BTreeMap::new(),
             board: board.clone(),
             changed,
@@ -349,6 +417,7 @@ impl Driver {
             clock,
             logger,
             ticks: 0,
+            touched: Default::default(),
             unsynced: Default::default(),
             last_fsync: tokio::time::Instant::now(),
         };
@@ -357,6 +426,13 @@ impl Driver {
             changed: watch_rx,
         };
         (driver, tx, status)
+    }
+
+    /// Lets idle groups stop ticking, trusting `liveness` to say when they
+    /// must wake. Without it every group ticks.
+    pub fn with_liveness(mut self, liveness: Box<dyn Liveness>) -> Self {
+        self.liveness = liveness;
+        self
     }
 
     /// Runs until shut down or until every input sender is gone.
@@ -448,12 +524,15 @@ impl Driver {
             answers: Vec::new(),
             failed: None,
             status: GroupStatus::default(),
+            settled_ticks: 0,
+            quiescent: false,
         };
         self.groups.insert(spec.id, group);
         self.observe(spec.id);
     }
 
     fn remove_group(&mut self, id: u64) {
+        self.touched.remove(&id);
         if let Some(mut g) = self.groups.remove(&id) {
             for (reply, result) in g.answers.drain(..) {
                 let _ = reply.send(result);
@@ -469,6 +548,7 @@ impl Driver {
     }
 
     fn propose(&mut self, p: Proposal) {
+        self.touched.insert(p.group);
         let Some(g) = self.groups.get_mut(&p.group) else {
             reply(p.reply, Err(ProposeError::UnknownGroup));
             return;
@@ -517,6 +597,13 @@ impl Driver {
             if g.failed.is_some() || msg.from != from {
                 continue;
             }
+            if is_vote_request(&msg) {
+                // A replica that knows no leader (it restarted, or lost
+                // the leader's reports) is campaigning. A quiet leader
+                // ignores it (it is in its lease): wake so that its
+                // heartbeats tell the replica who leads.
+                g.settled_ticks = 0;
+            }
             if let Err(e) = g.node.step(msg) {
                 slog::debug!(self.logger, "step failed"; "group" => id, "error" => %e);
             }
@@ -528,12 +615,26 @@ impl Driver {
         self.ticks += 1;
         let ids: Vec<u64> = self.groups.keys().copied().collect();
         for id in ids {
-            if let Some(g) = self.groups.get_mut(&id) {
-                if g.failed.is_none() {
-                    g.node.tick();
-                }
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            if g.failed.is_some() {
+                continue;
             }
-            self.observe(id);
+            let quiet = quiescent(
+                id,
+                g,
+                self.config.quiesce_after_ticks,
+                self.liveness.as_ref(),
+            );
+            let changed = quiet != g.quiescent;
+            g.quiescent = quiet;
+            if !quiet {
+                g.node.tick();
+                self.observe(id);
+            } else if changed {
+                self.touched.insert(id);
+            }
         }
         if self.ticks.is_multiple_of(PREFERRED_LEADER_CHECK_TICKS) {
             self.restore_preferred_leaders();
@@ -563,6 +664,7 @@ impl Driver {
     /// Notices role, term and leader changes: redraws the election timeout
     /// from the seeded RNG and fails writes that can no longer commit here.
     fn observe(&mut self, id: u64) {
+        self.touched.insert(id);
         let jitter = self.draw_timeout();
         let Some(g) = self.groups.get_mut(&id) else {
             return;
@@ -583,7 +685,7 @@ impl Driver {
     /// Leaders hand leadership back to the preferred replica once it has
     /// caught up, so that leaders stay spread as placement intended.
     fn restore_preferred_leaders(&mut self) {
-        for g in self.groups.values_mut() {
+        for (id, g) in self.groups.iter_mut() {
             let raft = &g.node.raft;
             if raft.state != StateRole::Leader || g.preferred_leader == self.config.node_id {
                 continue;
@@ -595,6 +697,7 @@ impl Driver {
                 .is_some_and(|p| p.matched == last && p.recent_active);
             if caught_up {
                 g.node.transfer_leader(g.preferred_leader);
+                self.touched.insert(*id);
             }
         }
     }
@@ -602,11 +705,15 @@ impl Driver {
     /// One Ready round for every group (steps 2 to 5 of the module doc).
     fn round(&mut self) {
         let now_ms = self.clock.now_ms();
-        let ids: Vec<u64> = self
-            .groups
+        let mut touched = std::mem::take(&mut self.touched);
+        let ids: Vec<u64> = touched
             .iter()
-            .filter(|(_, g)| g.failed.is_none() && g.node.has_ready())
-            .map(|(id, _)| *id)
+            .filter(|id| {
+                self.groups
+                    .get(id)
+                    .is_some_and(|g| g.failed.is_none() && g.node.has_ready())
+            })
+            .copied()
             .collect();
         let mut readies = Vec::with_capacity(ids.len());
         for id in ids {
@@ -618,16 +725,30 @@ impl Driver {
         for (id, rd) in readies {
             self.finish_ready(id, rd);
         }
-        self.check_read_errors();
-        self.publish_status();
-        self.send_answers();
+        touched.append(&mut self.touched);
+        self.check_read_errors(&touched);
+        touched.append(&mut self.touched);
+        self.publish_status(&touched);
+        self.send_answers(&touched);
         self.flush_outbox();
+        // A group may be left with another Ready (more committed entries
+        // than one Ready carries): look at it again next round.
+        self.touched = touched
+            .into_iter()
+            .filter(|id| {
+                self.groups
+                    .get(id)
+                    .is_some_and(|g| g.failed.is_none() && g.node.has_ready())
+            })
+            .collect();
     }
 
-    fn send_answers(&mut self) {
-        for g in self.groups.values_mut() {
-            for (reply, result) in g.answers.drain(..) {
-                let _ = reply.send(result);
+    fn send_answers(&mut self, ids: &std::collections::BTreeSet<u64>) {
+        for id in ids {
+            if let Some(g) = self.groups.get_mut(id) {
+                for (reply, result) in g.answers.drain(..) {
+                    let _ = reply.send(result);
+                }
             }
         }
     }
@@ -783,12 +904,12 @@ impl Driver {
     /// Stops groups whose log failed a read that raft-rs was told was only
     /// temporarily unavailable (damage on disk must not be replicated or
     /// retried forever).
-    fn check_read_errors(&mut self) {
-        let failed: Vec<(u64, String)> = self
-            .groups
+    fn check_read_errors(&mut self, ids: &std::collections::BTreeSet<u64>) {
+        let failed: Vec<(u64, String)> = ids
             .iter()
+            .filter_map(|id| self.groups.get(id).map(|g| (*id, g)))
             .filter(|(_, g)| g.failed.is_none())
-            .filter_map(|(id, g)| g.log.take_read_error().map(|e| (*id, e.to_string())))
+            .filter_map(|(id, g)| g.log.take_read_error().map(|e| (id, e.to_string())))
             .collect();
         for (id, cause) in failed {
             self.fail_group(id, cause);
@@ -796,6 +917,7 @@ impl Driver {
     }
 
     fn fail_group(&mut self, id: u64, cause: String) {
+        self.touched.insert(id);
         slog::error!(self.logger, "partition log failed; the replica stops here";
             "group" => id, "error" => &cause);
         if let Some(g) = self.groups.get_mut(&id) {
@@ -806,10 +928,13 @@ impl Driver {
 
     /// Publishes every group's status and bumps the change counter if any
     /// high watermark moved.
-    fn publish_status(&mut self) {
+    fn publish_status(&mut self, ids: &std::collections::BTreeSet<u64>) {
         let mut moved = false;
         let mut board = lock(&self.board);
-        for (id, g) in self.groups.iter_mut() {
+        for id in ids {
+            let Some(g) = self.groups.get_mut(id) else {
+                continue;
+            };
             let status = status_of(g);
             if status != g.status {
                 moved |= status.high_watermark != g.status.high_watermark
@@ -868,7 +993,56 @@ fn status_of(g: &Group) -> GroupStatus {
         commit,
         failed: g.failed.clone(),
         in_sync,
+        quiescent: g.quiescent,
     }
+}
+
+/// Whether group `g` may skip this tick (see the module doc), updating the
+/// leader's count of settled ticks.
+fn quiescent(id: u64, g: &mut Group, quiesce_after_ticks: u64, liveness: &dyn Liveness) -> bool {
+    let raft = &g.node.raft;
+    match raft.state {
+        StateRole::Leader => {
+            if leader_settled(g, liveness) {
+                g.settled_ticks += 1;
+            } else {
+                g.settled_ticks = 0;
+            }
+            g.settled_ticks > quiesce_after_ticks
+        }
+        StateRole::Follower => {
+            raft.leader_id != 0
+                && raft.leader_id != raft.id
+                && liveness.confirms_leader(id, raft.leader_id, raft.term)
+        }
+        StateRole::Candidate | StateRole::PreCandidate => false,
+    }
+}
+
+/// A leader with nothing to do: no writer waiting, no transfer under way,
+/// its whole log persisted and committed, every follower holding all of it
+/// on a broker heard from recently (a silent one may need catching up, or
+/// leadership may need to move: keep ticking).
+fn leader_settled(g: &Group, liveness: &dyn Liveness) -> bool {
+    let raft = &g.node.raft;
+    let last = raft.raft_log.last_index();
+    g.waiting_commit.is_empty()
+        && g.waiting_persist.is_empty()
+        && raft.lead_transferee.is_none()
+        && raft.raft_log.committed == last
+        && raft.raft_log.persisted == last
+        && raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != raft.id)
+            .all(|(id, p)| p.matched == last && liveness.broker_live(*id))
+}
+
+fn is_vote_request(m: &Message) -> bool {
+    matches!(
+        m.get_msg_type(),
+        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+    )
 }
 
 /// The base offset of entry `index`: the offset after the entry before it.

@@ -7,7 +7,7 @@
 //! resends what matters (appends are retried, heartbeats recur). A link
 //! that cannot connect drops what it holds and retries with backoff.
 
-use super::driver::{Input, Outbound};
+use super::driver::{Input, Liveness, Outbound};
 use crate::io::frame::{self, FrameReader};
 use crate::io::net::{BoxStream, Listener, NetworkRef};
 use crate::proto::{peer_message, GroupMessage, PeerMessage, RaftBatch};
@@ -91,6 +91,9 @@ struct PeerViewInner {
     heard: BTreeMap<u64, Instant>,
     incarnations: BTreeMap<u64, u64>,
     leaders: BTreeMap<u64, (u64, u64)>,
+    /// Each broker's latest leader report: when it came and the groups it
+    /// led then, with their terms.
+    reports: BTreeMap<u64, (Instant, BTreeMap<u64, u64>)>,
 }
 
 impl PeerView {
@@ -135,9 +138,46 @@ impl PeerView {
         }
     }
 
+    /// Records `broker`'s report of every group it leads, replacing its
+    /// previous one (a group missing from it is no longer led there).
+    pub fn note_report(&self, broker: u64, groups: &[crate::proto::GroupLeader]) {
+        let led = groups
+            .iter()
+            .filter(|g| g.leader == broker)
+            .map(|g| (g.group, g.term))
+            .collect();
+        self.lock().reports.insert(broker, (Instant::now(), led));
+        for g in groups {
+            self.note_leader(g.group, g.leader, g.term);
+        }
+    }
+
     /// The leader of `group` by the newest report (0 if none).
     pub fn leader_of(&self, group: u64) -> (u64, u64) {
         self.lock().leaders.get(&group).copied().unwrap_or((0, 0))
+    }
+}
+
+/// How long a peer's traffic and leader reports are trusted for quiescence:
+/// three report intervals, so that one lost or late report does not wake
+/// every idle group. An idle partition's failover takes up to this much
+/// longer than an active one's (its followers start their election timers
+/// only once the leader's reports stop).
+pub const QUIESCENT_TRUST_MS: u64 = 1_500;
+
+impl Liveness for PeerView {
+    fn broker_live(&self, broker: u64) -> bool {
+        let window = Duration::from_millis(QUIESCENT_TRUST_MS);
+        self.last_heard(broker)
+            .is_some_and(|t| Instant::now().duration_since(t) <= window)
+    }
+
+    fn confirms_leader(&self, group: u64, leader: u64, term: u64) -> bool {
+        let window = Duration::from_millis(QUIESCENT_TRUST_MS);
+        let inner = self.lock();
+        inner.reports.get(&leader).is_some_and(|(at, led)| {
+            Instant::now().duration_since(*at) <= window && led.get(&group) == Some(&term)
+        })
     }
 }
 
@@ -356,9 +396,7 @@ impl PeerReader {
                 true
             }
             Some(peer_message::Body::Leaders(report)) => {
-                for g in report.groups {
-                    self.view.note_leader(g.group, g.leader, g.term);
-                }
+                self.view.note_report(msg.from, &report.groups);
                 true
             }
             None => true,
@@ -376,4 +414,56 @@ fn decode_raft(from: u64, batch: RaftBatch, logger: &Logger) -> Vec<(u64, Messag
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::GroupLeader;
+
+    fn led(group: u64, leader: u64, term: u64) -> GroupLeader {
+        GroupLeader {
+            group,
+            leader,
+            term,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_confirms_only_its_groups_at_their_terms_while_fresh() {
+        let view = PeerView::default();
+        assert!(!view.confirms_leader(7, 2, 3), "nothing heard yet");
+        view.heard_from(2, 1);
+        view.note_report(2, &[led(7, 2, 3), led(8, 2, 1)]);
+        assert!(view.confirms_leader(7, 2, 3));
+        assert!(!view.confirms_leader(7, 2, 4), "another term");
+        assert!(!view.confirms_leader(7, 1, 3), "another broker");
+        assert!(view.broker_live(2));
+
+        // The next report no longer lists group 7: it stepped down there.
+        view.note_report(2, &[led(8, 2, 1)]);
+        assert!(!view.confirms_leader(7, 2, 3));
+        assert!(view.confirms_leader(8, 2, 1));
+
+        // Silence: past the trust window nothing is confirmed.
+        tokio::time::advance(Duration::from_millis(QUIESCENT_TRUST_MS + 1)).await;
+        assert!(!view.confirms_leader(8, 2, 1));
+        assert!(!view.broker_live(2));
+    }
+
+    #[test]
+    fn a_report_cannot_speak_for_another_broker() {
+        let view = PeerView::default();
+        // Broker 2 relays that broker 3 leads group 7: not a confirmation
+        // from broker 3 itself.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            view.note_report(2, &[led(7, 3, 5)]);
+            assert!(!view.confirms_leader(7, 3, 5));
+            assert!(!view.confirms_leader(7, 2, 5));
+        });
+    }
 }

@@ -66,6 +66,7 @@ pub async fn handle(s: &Services, req: ClientRequest) -> ClientResponse {
             controller_id: s.controller.leader().0,
         }),
         Req::DescribeLogDirs(r) => Resp::DescribeLogDirs(log_dirs(s, &r)),
+        Req::DescribeBrokerStats(_) => Resp::DescribeBrokerStats(broker_stats(s)),
     };
     ClientResponse {
         correlation_id,
@@ -329,5 +330,21 @@ fn log_dirs(s: &Services, r: &DescribeLogDirsRequest) -> DescribeLogDirsResponse
         broker_id: s.self_id,
         data_dir: s.data_dir.display().to_string(),
         partitions,
+    }
+}
+
+fn broker_stats(s: &Services) -> DescribeBrokerStatsResponse {
+    let process = crate::io::process::ProcessStats::read_self();
+    let (groups, leading, quiet) = s.partitions.board.counts();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    DescribeBrokerStatsResponse {
+        broker_id: s.self_id,
+        cpu_time_ms: process.cpu_time_ms,
+        resident_bytes: process.resident_bytes,
+        storage_write_bytes: process.storage_write_bytes,
+        storage_read_bytes: process.storage_read_bytes,
+        groups: count(groups),
+        groups_leading: count(leading),
+        groups_quiescent: count(quiet),
     }
 }

@@ -153,14 +153,23 @@ start_cluster 3 always
 run b-100 produce --topic b-100 --partitions 3 --replication-factor 3 --records "$RECORDS" --record-size 100 --acks all
 run b-1k produce --topic b-1k --partitions 3 --replication-factor 3 --records $((RECORDS / 4)) --record-size 1024 --acks all
 run d-3brokers e2e --topic d --partitions 3 --replication-factor 3 --rate 5000 --records 50000 --record-size 100 --acks all
+# (e) 1,000 partitions, RF 3, idle then under a light load.
+run e-partitions partitions --count 1000 --measure-secs 10 --load-rate 100
 stop_cluster
 
 echo
 echo "raw write+fsync (64 KiB): ${raw_write:-?} MiB/s; loopback TCP: $tcp MiB/s; broker --fsync: $FSYNC_FLAG"
-printf '%-11s %12s %10s %8s %8s %8s %8s\n' run records/s MiB/s p50_ms p99_ms p999_ms max_ms
-grep -v '^raw-disk\|^loopback' "$OUT" | while IFS="$(printf '\t')" read -r name json; do
-  printf '%-11s %12s %10s %8s %8s %8s %8s\n' "$name" \
+printf '%-11s %12s %10s %8s %8s %8s %8s %8s\n' run records/s MiB/s p50_ms p99_ms p999_ms max_ms wr_amp
+grep -v '^raw-disk\|^loopback\|^e-partitions' "$OUT" | while IFS="$(printf '\t')" read -r name json; do
+  printf '%-11s %12s %10s %8s %8s %8s %8s %8s\n' "$name" \
     "$(field records_per_sec "$json")" "$(field mb_per_sec "$json")" \
-    "$(field p50 "$json")" "$(field p99 "$json")" "$(field p999 "$json")" "$(field max "$json")"
+    "$(field p50 "$json")" "$(field p99 "$json")" "$(field p999 "$json")" "$(field max "$json")" \
+    "$(field write_amplification "$json")"
+done
+grep '^e-partitions' "$OUT" | while IFS="$(printf '\t')" read -r name json; do
+  echo "e-partitions: 1000 partitions RF 3: idle CPU $(field idle_cpu_percent "$json")% of one core" \
+    "(all brokers), $(field load_cpu_percent "$json")% under 100 records/s," \
+    "$(field resident_bytes_per_replica "$json") bytes resident per replica," \
+    "all led $(field create_secs "$json") s after creation"
 done
 if [ -n "${BENCH_OUT:-}" ]; then echo "JSON lines in $OUT"; fi

@@ -118,6 +118,11 @@ fn produce_then_consume_then_e2e() {
         positive(lat, k);
     }
     assert!(lat["p50"].as_f64() <= lat["max"].as_f64(), "{p}");
+    if std::fs::read_to_string("/proc/self/io").is_ok() {
+        // The brokers can count their storage writes here: the run reports
+        // disk bytes per byte of partition log.
+        positive(&p, "write_amplification");
+    }
 
     // Everything written, from the beginning (stops at the end offsets).
     let (c, _) = bench(bs, &["consume", "--topic", "bench"]);
@@ -146,6 +151,43 @@ fn produce_then_consume_then_e2e() {
 }
 
 #[test]
+fn partitions_reports_cpu_and_memory_then_deletes_its_topic() {
+    let b = start_broker();
+    let bs = b.bootstrap.as_str();
+    let (r, _) = bench(
+        bs,
+        &[
+            "partitions",
+            "--count",
+            "3",
+            "--replication-factor",
+            "1",
+            "--settle-secs",
+            "1",
+            "--measure-secs",
+            "1",
+            "--load-rate",
+            "50",
+        ],
+    );
+    assert_eq!(r["partitions"].as_u64(), Some(3), "{r}");
+    let brokers = r["brokers"].as_array().expect("brokers");
+    assert_eq!(brokers.len(), 1, "{r}");
+    // The topic's three groups and the controller's.
+    assert_eq!(brokers[0]["groups"].as_u64(), Some(4), "{r}");
+    assert!(
+        r["idle_cpu_percent"].as_f64().is_some_and(|x| x >= 0.0),
+        "{r}"
+    );
+    positive(&r, "load_cpu_percent");
+    positive(&r, "load_records_per_sec");
+    assert!(r["resident_bytes_per_replica"].is_number(), "{r}");
+    let out = weir(bs, &["topic", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(!listed.contains("weir-bench-partitions"), "{listed}");
+}
+
+#[test]
 fn bad_flags_exit_non_zero_with_one_line() {
     // Checked before any connection: no broker needed.
     let nowhere = "127.0.0.1:1";
@@ -160,6 +202,15 @@ fn bad_flags_exit_non_zero_with_one_line() {
         &["bench", "consume", "--topic", "t", "--records", "x"],
         &["bench", "e2e", "--topic", "t", "--record-size", "4"],
         &["bench", "e2e", "--topic", "t", "--rate", "0"],
+        &["bench", "partitions", "--count", "0"],
+        &[
+            "bench",
+            "partitions",
+            "--count",
+            "10",
+            "--measure-secs",
+            "0",
+        ],
     ] {
         let out = weir(nowhere, args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

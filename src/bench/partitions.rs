@@ -99,6 +99,8 @@ pub struct PartitionsReport {
     pub brokers: Vec<BrokerUse>,
     /// Records per second actually sent under load.
     pub load_records_per_sec: f64,
+    /// From the create request until every partition had a leader.
+    pub create_secs: f64,
 }
 
 impl PartitionsReport {
@@ -129,8 +131,10 @@ pub fn run(args: &PartitionsArgs) -> Result<PartitionsReport, String> {
         let client = Client::connect(config).await.map_err(|e| e.to_string())?;
         let admin = Admin::new(client.clone());
         let before = stats(&admin).await?;
+        let created = Instant::now();
         create(&admin, args).await?;
         wait_for_leaders(&client, &args.topic, args.count).await?;
+        let create_secs = created.elapsed().as_secs_f64();
         eprintln!(
             "{} partitions have leaders; settling for {} s",
             args.count, args.settle_secs
@@ -175,17 +179,28 @@ pub fn run(args: &PartitionsArgs) -> Result<PartitionsReport, String> {
             replication_factor: args.replication_factor,
             brokers,
             load_records_per_sec: sent as f64 / load_wall.as_secs_f64().max(1e-9),
+            create_secs,
         })
     })
 }
 
-/// Every live broker's stats, by broker id.
+/// Every live broker's stats, by broker id. A broker that has just
+/// started may not count itself live yet: wait a little for at least one.
 async fn stats(admin: &Admin) -> Result<BTreeMap<u64, Stats>, String> {
-    let all = admin
-        .broker_stats()
-        .await
-        .map_err(|e| format!("cannot read the brokers' stats: {e}"))?;
-    Ok(all.into_iter().map(|s| (s.broker_id, s)).collect())
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = admin
+            .broker_stats()
+            .await
+            .map_err(|e| format!("cannot read the brokers' stats: {e}"))?;
+        if !all.is_empty() {
+            return Ok(all.into_iter().map(|s| (s.broker_id, s)).collect());
+        }
+        if Instant::now() >= deadline {
+            return Err("no broker reports itself live; is the cluster up?".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn create(admin: &Admin, args: &PartitionsArgs) -> Result<(), String> {
@@ -313,6 +328,7 @@ pub fn render(r: &PartitionsReport, output: Output) -> String {
                 ("idle_cpu_percent", opt(r.idle_cpu_percent())),
                 ("load_cpu_percent", opt(r.load_cpu_percent())),
                 ("load_records_per_sec", opt(Some(r.load_records_per_sec))),
+                ("create_secs", opt(Some(r.create_secs))),
                 (
                     "resident_bytes_per_replica",
                     opt(r.resident_bytes_per_replica()),
@@ -329,10 +345,11 @@ pub fn render(r: &PartitionsReport, output: Output) -> String {
 fn render_table(r: &PartitionsReport) -> String {
     let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.2}%"));
     let mut out = format!(
-        "{} partitions, replication factor {}: idle CPU {} of one core in total, \
-         {} under {:.0} records/s\n",
+        "{} partitions, replication factor {}: all led {:.1} s after the create request; \
+         idle CPU {} of one core in total, {} under {:.0} records/s\n",
         r.partitions,
         r.replication_factor,
+        r.create_secs,
         pct(r.idle_cpu_percent()),
         pct(r.load_cpu_percent()),
         r.load_records_per_sec
@@ -390,6 +407,7 @@ mod tests {
                 broker(3, 1000, 1000, Some(0.5)),
             ],
             load_records_per_sec: 100.0,
+            create_secs: 1.0,
         };
         assert_eq!(r.idle_cpu_percent(), Some(3.5));
         assert_eq!(r.load_cpu_percent(), Some(30.0));
@@ -410,6 +428,7 @@ mod tests {
             replication_factor: 3,
             brokers: vec![broker(1, 0, 0, Some(1.0)), broker(2, 0, 0, None)],
             load_records_per_sec: 0.0,
+            create_secs: 1.0,
         };
         assert_eq!(r.idle_cpu_percent(), None);
         assert!(render(&r, Output::Table).contains("n/a"));

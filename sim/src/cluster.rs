@@ -136,6 +136,7 @@ pub fn plan(o: &Options) -> String {
 /// Runs one seed.
 pub fn run(o: &Options) -> RunResult {
     weir::bugs::set(o.bugs);
+    crate::align_tokio_task_ids();
     let mut nemesis = Nemesis::new(o.seed, o.brokers, &o.faults);
     let plan = nemesis.plan.to_string();
     let total = SETUP_LIMIT + Duration::from_secs(o.duration_s + o.quiet_s + 10);

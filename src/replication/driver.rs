@@ -297,6 +297,10 @@ struct Group {
     answers: Vec<(oneshot::Sender<ProposeResult>, ProposeResult)>,
     failed: Option<String>,
     status: GroupStatus,
+    /// (commit, high watermark) last computed: entries up to the commit
+    /// never change, so the offset after it is read from the log only when
+    /// the commit moves, not every round.
+    hw_at: Option<(u64, i64)>,
 }
 
 /// The driver task's state. Build with [`Driver::new`], run with
@@ -448,6 +452,7 @@ impl Driver {
             answers: Vec::new(),
             failed: None,
             status: GroupStatus::default(),
+            hw_at: None,
         };
         self.groups.insert(spec.id, group);
         self.observe(spec.id);
@@ -839,13 +844,19 @@ impl Driver {
     }
 }
 
-fn status_of(g: &Group) -> GroupStatus {
+fn status_of(g: &mut Group) -> GroupStatus {
+    let commit = g.node.raft.raft_log.committed;
+    let high_watermark = match g.hw_at {
+        Some((at, hw)) if at == commit => hw,
+        _ => match g.log.high_watermark_offset(commit) {
+            Ok(hw) => {
+                g.hw_at = Some((commit, hw));
+                hw
+            }
+            Err(_) => g.status.high_watermark,
+        },
+    };
     let raft = &g.node.raft;
-    let commit = raft.raft_log.committed;
-    let high_watermark = g
-        .log
-        .high_watermark_offset(commit)
-        .unwrap_or(g.status.high_watermark);
     let is_leader = raft.state == StateRole::Leader;
     let in_sync = if is_leader {
         let last = raft.raft_log.last_index();

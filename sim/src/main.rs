@@ -65,7 +65,8 @@ struct Args {
     /// parent `weir-sim` (see `run_seed_in_worker`).
     #[arg(long, hide = true)]
     worker_seed: Option<u64>,
-    /// Switch on a deliberate broker bug: ack-before-commit, fetch-beyond-hw, skip-fsync.
+    /// Switch on a deliberate broker bug: ack-before-commit, fetch-beyond-hw,
+    /// skip-fsync, follower-restamps.
     #[arg(long, value_delimiter = ',')]
     inject_bug: Vec<String>,
 }
@@ -76,8 +77,10 @@ pub fn bug_bits(names: &[String]) -> Result<u32, String> {
         "ack-before-commit" => Ok(bits | weir::bugs::ACK_BEFORE_COMMIT),
         "fetch-beyond-hw" => Ok(bits | weir::bugs::FETCH_BEYOND_HW),
         "skip-fsync" => Ok(bits | weir::bugs::SKIP_FSYNC),
+        "follower-restamps" => Ok(bits | weir::bugs::FOLLOWER_RESTAMPS),
         other => Err(format!(
-            "unknown bug {other:?} (known: ack-before-commit, fetch-beyond-hw, skip-fsync)"
+            "unknown bug {other:?} (known: ack-before-commit, fetch-beyond-hw, skip-fsync, \
+             follower-restamps)"
         )),
     })
 }

@@ -10,6 +10,7 @@
 //! - [`cluster`]: one seeded run of a whole cluster under faults (the
 //!   `weir-sim` binary), recording a [`history`] for the [`checker`]s;
 //!   faults come from the [`nemesis`].
+//! - [`seeded`]: property tests replayable from a seed (`WEIR_TEST_SEED`).
 
 pub mod checker;
 pub mod cluster;
@@ -18,6 +19,7 @@ pub mod history;
 pub mod log_model;
 pub mod nemesis;
 pub mod net;
+pub mod seeded;
 
 pub use disk::SimDisk;
 pub use net::SimNetwork;

@@ -10,6 +10,10 @@ pub const FETCH_BEYOND_HW: u32 = 2;
 /// Appends are never fsynced, yet Raft is told they are persisted (so
 /// votes, append responses and acks go out for data a crash loses).
 pub const SKIP_FSYNC: u32 = 4;
+/// A follower stores each data batch it replicates re-encoded with its own
+/// clock as the records' timestamp, instead of the leader's bytes: replicas
+/// then differ byte for byte while keys, values and offsets agree.
+pub const FOLLOWER_RESTAMPS: u32 = 8;
 
 #[cfg(feature = "inject-bugs")]
 mod imp {

@@ -31,6 +31,8 @@ pub mod partition;
 pub mod replication;
 pub mod server;
 pub mod storage;
+#[cfg(test)]
+mod test_seed;
 pub mod types;
 
 /// Weir's wire schemas, generated from `proto/weir.proto`.

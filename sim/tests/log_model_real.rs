@@ -27,10 +27,10 @@ fn prop(ops: Vec<Op>) -> TestResult {
 
 #[test]
 fn log_agrees_with_model_on_real_disk() {
-    QuickCheck::new()
-        .tests(150)
-        .max_tests(1000)
-        .quickcheck(prop as fn(Vec<Op>) -> TestResult);
+    weir_sim::seeded::quickcheck(
+        QuickCheck::new().tests(150).max_tests(1000),
+        prop as fn(Vec<Op>) -> TestResult,
+    );
     let c = *COVERAGE.lock().unwrap();
     // The runs must have reached the paths the model exists to check.
     assert!(c.segments_max >= 5, "no run rolled several segments: {c:?}");

@@ -32,7 +32,8 @@ fn prop(ops: Vec<Op>) -> TestResult {
 
 #[test]
 fn log_agrees_with_model_on_simulated_disk() {
-    QuickCheck::new()
-        .tests(100)
-        .quickcheck(prop as fn(Vec<Op>) -> TestResult);
+    weir_sim::seeded::quickcheck(
+        QuickCheck::new().tests(100),
+        prop as fn(Vec<Op>) -> TestResult,
+    );
 }

@@ -32,10 +32,13 @@ fn injected_bugs_are_found_and_the_clean_broker_passes() {
     // skip-fsync shows as whatever a power loss then destroys: acked
     // records (lost-write) or the cluster's metadata itself, after which no
     // partition takes writes again (unavailable).
-    let cases: [(u32, &[&str]); 3] = [
+    // follower-restamps changes bytes only, not what consumers see: only
+    // the replica comparison can find it.
+    let cases: [(u32, &[&str]); 4] = [
         (weir::bugs::ACK_BEFORE_COMMIT, &["lost-write"]),
         (weir::bugs::FETCH_BEYOND_HW, &["inconsistent-offsets"]),
         (weir::bugs::SKIP_FSYNC, &["lost-write", "unavailable"]),
+        (weir::bugs::FOLLOWER_RESTAMPS, &["replica-divergence"]),
     ];
     let mut last_seed = 0;
     for (bug, anomalies) in cases {

@@ -435,9 +435,10 @@ mod tests {
                 Some(why) => TestResult::error(format!("{n} {partitions} {rf}: {why}")),
             }
         }
-        QuickCheck::new()
-            .tests(500)
-            .quickcheck(prop as fn(u8, u8, u8) -> TestResult);
+        crate::test_seed::quickcheck(
+            QuickCheck::new().tests(500),
+            prop as fn(u8, u8, u8) -> TestResult,
+        );
     }
 
     /// The space is small enough to check whole.

@@ -790,9 +790,10 @@ mod tests {
                 other => TestResult::error(format!("decode: {other:?}")),
             }
         }
-        QuickCheck::new()
-            .tests(300)
-            .quickcheck(prop as fn(Vec<(u8, u8, u8)>) -> TestResult);
+        crate::test_seed::quickcheck(
+            QuickCheck::new().tests(300),
+            prop as fn(Vec<(u8, u8, u8)>) -> TestResult,
+        );
     }
 
     #[test]

@@ -554,8 +554,9 @@ mod tests {
 
     #[test]
     fn quickcheck_batched_round_trip() {
-        QuickCheck::new()
-            .tests(300)
-            .quickcheck(batched_round_trip as fn(Vec<Vec<u8>>, u16) -> TestResult);
+        crate::test_seed::quickcheck(
+            QuickCheck::new().tests(300),
+            batched_round_trip as fn(Vec<Vec<u8>>, u16) -> TestResult,
+        );
     }
 }

@@ -359,6 +359,10 @@ struct Group {
     settled_ticks: u64,
     /// Not ticked at the last tick.
     quiescent: bool,
+    /// (commit, high watermark) last computed: entries up to the commit
+    /// never change, so the offset after it is read from the log only when
+    /// the commit moves, not every round.
+    hw_at: Option<(u64, i64)>,
 }
 
 /// The driver task's state. Build with [`Driver::new`], run with
@@ -526,6 +530,7 @@ impl Driver {
             status: GroupStatus::default(),
             settled_ticks: 0,
             quiescent: false,
+            hw_at: None,
         };
         self.groups.insert(spec.id, group);
         self.observe(spec.id);
@@ -776,7 +781,15 @@ impl Driver {
             if !rd.snapshot().is_empty() {
                 g.log.apply_snapshot(rd.snapshot().clone())?;
             }
-            g.log.append(rd.entries(), now_ms)?;
+            // Injected bug: a follower stores its own re-encoding of what it
+            // replicates, not the leader's bytes.
+            if crate::bugs::on(crate::bugs::FOLLOWER_RESTAMPS)
+                && g.node.raft.state != StateRole::Leader
+            {
+                g.log.append(&restamped(rd.entries(), now_ms), now_ms)?;
+            } else {
+                g.log.append(rd.entries(), now_ms)?;
+            }
             if let Some(hs) = rd.hs() {
                 g.log.set_hard_state(hs);
             }
@@ -964,13 +977,19 @@ impl Driver {
     }
 }
 
-fn status_of(g: &Group) -> GroupStatus {
+fn status_of(g: &mut Group) -> GroupStatus {
+    let commit = g.node.raft.raft_log.committed;
+    let high_watermark = match g.hw_at {
+        Some((at, hw)) if at == commit => hw,
+        _ => match g.log.high_watermark_offset(commit) {
+            Ok(hw) => {
+                g.hw_at = Some((commit, hw));
+                hw
+            }
+            Err(_) => g.status.high_watermark,
+        },
+    };
     let raft = &g.node.raft;
-    let commit = raft.raft_log.committed;
-    let high_watermark = g
-        .log
-        .high_watermark_offset(commit)
-        .unwrap_or(g.status.high_watermark);
     let is_leader = raft.state == StateRole::Leader;
     let in_sync = if is_leader {
         let last = raft.raft_log.last_index();
@@ -1078,6 +1097,34 @@ fn fail_waiters(g: &mut Group, e: &ProposeError) {
     for (_, w) in g.waiting_persist.drain(..) {
         let _ = w.reply.send(Err(e.clone()));
     }
+}
+
+/// For the injected bug `FOLLOWER_RESTAMPS`: every data entry rebuilt with
+/// `now_ms` as its records' timestamp (as a broker applying LogAppendTime
+/// would), keys, values and headers kept. Entries that do not parse as a
+/// data batch are kept as they are.
+fn restamped(entries: &[Entry], now_ms: i64) -> Vec<Entry> {
+    let rebuild = |e: &Entry| -> Option<Entry> {
+        if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
+            return None;
+        }
+        let batch = RecordBatch::parse(e.data.clone(), usize::MAX).ok()?;
+        if batch.is_control() {
+            return None;
+        }
+        let mut b = crate::types::BatchBuilder::new();
+        for mut r in batch.records().ok()? {
+            r.event.timestamp_ms = now_ms;
+            b.push(&r.event);
+        }
+        let mut e = e.clone();
+        e.data = b.build().into_bytes();
+        Some(e)
+    };
+    entries
+        .iter()
+        .map(|e| rebuild(e).unwrap_or_else(|| e.clone()))
+        .collect()
 }
 
 fn reply(to: Option<oneshot::Sender<ProposeResult>>, result: ProposeResult) {

@@ -858,9 +858,10 @@ mod tests {
 
     #[test]
     fn quickcheck_round_trip() {
-        QuickCheck::new()
-            .tests(300)
-            .quickcheck(round_trip as fn(Events, u32, u16) -> bool);
+        crate::test_seed::quickcheck(
+            QuickCheck::new().tests(300),
+            round_trip as fn(Events, u32, u16) -> bool,
+        );
     }
 
     /// Any single flipped bit is caught: in the CRC-covered range by the CRC,
@@ -878,9 +879,10 @@ mod tests {
 
     #[test]
     fn quickcheck_bit_flips() {
-        QuickCheck::new()
-            .tests(500)
-            .quickcheck(bit_flip_detected as fn(Events, usize, u8) -> bool);
+        crate::test_seed::quickcheck(
+            QuickCheck::new().tests(500),
+            bit_flip_detected as fn(Events, usize, u8) -> bool,
+        );
     }
 
     /// Arbitrary bytes never panic the decoder, and anything accepted is a
@@ -894,9 +896,10 @@ mod tests {
 
     #[test]
     fn quickcheck_garbage() {
-        QuickCheck::new()
-            .tests(2000)
-            .quickcheck(garbage_is_safe as fn(Vec<u8>) -> bool);
+        crate::test_seed::quickcheck(
+            QuickCheck::new().tests(2000),
+            garbage_is_safe as fn(Vec<u8>) -> bool,
+        );
     }
 
     /// Garbage after a valid header, with a correct CRC, still decodes to an
@@ -921,13 +924,15 @@ mod tests {
 
     #[test]
     fn quickcheck_validation_agrees_with_decoding() {
-        QuickCheck::new()
-            .tests(3000)
-            .quickcheck(validation_agrees_with_decoding as fn(u8, Vec<u8>) -> bool);
+        crate::test_seed::quickcheck(
+            QuickCheck::new().tests(3000),
+            validation_agrees_with_decoding as fn(u8, Vec<u8>) -> bool,
+        );
         // And on well-formed batches.
-        QuickCheck::new()
-            .tests(200)
-            .quickcheck((|e: Events| build(&e.0).validate_records().is_ok()) as fn(Events) -> bool);
+        crate::test_seed::quickcheck(
+            QuickCheck::new().tests(200),
+            (|e: Events| build(&e.0).validate_records().is_ok()) as fn(Events) -> bool,
+        );
     }
 
     fn garbage_records_with_valid_crc(count: u8, body: Vec<u8>) -> bool {
@@ -952,9 +957,10 @@ mod tests {
 
     #[test]
     fn quickcheck_garbage_records() {
-        QuickCheck::new()
-            .tests(2000)
-            .quickcheck(garbage_records_with_valid_crc as fn(u8, Vec<u8>) -> bool);
+        crate::test_seed::quickcheck(
+            QuickCheck::new().tests(2000),
+            garbage_records_with_valid_crc as fn(u8, Vec<u8>) -> bool,
+        );
     }
 
     #[test]

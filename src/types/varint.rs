@@ -70,22 +70,34 @@ mod tests {
         }
     }
 
-    quickcheck::quickcheck! {
-        fn varlong_round_trip(v: i64) -> bool {
-            let mut buf = Vec::new();
-            put_varlong(&mut buf, v);
-            buf.len() == varlong_len(v) && get_varlong(&buf) == Some((v, buf.len()))
-        }
-        fn varint_round_trip(v: i32) -> bool {
-            let mut buf = Vec::new();
-            put_varint(&mut buf, v);
-            get_varint(&buf) == Some((v, buf.len()))
-        }
-        fn truncated_never_panics(bytes: Vec<u8>) -> bool {
-            let _ = get_varlong(&bytes);
-            let _ = get_varint(&bytes);
-            true
-        }
+    fn varlong_round_trip(v: i64) -> bool {
+        let mut buf = Vec::new();
+        put_varlong(&mut buf, v);
+        buf.len() == varlong_len(v) && get_varlong(&buf) == Some((v, buf.len()))
+    }
+
+    fn varint_round_trip(v: i32) -> bool {
+        let mut buf = Vec::new();
+        put_varint(&mut buf, v);
+        get_varint(&buf) == Some((v, buf.len()))
+    }
+
+    fn truncated_never_panics(bytes: Vec<u8>) -> bool {
+        let _ = get_varlong(&bytes);
+        let _ = get_varint(&bytes);
+        true
+    }
+
+    #[test]
+    fn quickcheck_round_trips_and_truncation() {
+        use crate::test_seed::quickcheck;
+        use quickcheck::QuickCheck;
+        quickcheck(QuickCheck::new(), varlong_round_trip as fn(i64) -> bool);
+        quickcheck(QuickCheck::new(), varint_round_trip as fn(i32) -> bool);
+        quickcheck(
+            QuickCheck::new(),
+            truncated_never_panics as fn(Vec<u8>) -> bool,
+        );
     }
 
     #[test]

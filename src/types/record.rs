@@ -652,6 +652,21 @@ impl BatchBuilder {
         }
     }
 
+    /// A builder whose buffer holds `bytes` (header included) before it
+    /// grows: a producer that knows its batch size encodes into one
+    /// allocation instead of doubling its way up.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(bytes.max(HEADER_SIZE + 256));
+        buf.resize(HEADER_SIZE, 0);
+        BatchBuilder {
+            buf,
+            attributes: 0,
+            count: 0,
+            base_timestamp: 0,
+            max_timestamp: i64::MIN,
+        }
+    }
+
     /// A control batch of one record, as Kafka writes control records: key =
     /// version (i16 0) and type (i16), value given.
     pub fn control(kind: ControlType, value: Bytes, timestamp_ms: i64) -> RecordBatch {

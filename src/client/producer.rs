@@ -142,45 +142,57 @@ pub struct Delivery {
 impl Future for Delivery {
     type Output = Outcome;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut st = self.done.state.lock().unwrap_or_else(|e| e.into_inner());
-        match &st.outcome {
-            Some(Ok(base)) if *base < 0 => Poll::Ready(Ok((self.done.partition, -1))),
-            Some(Ok(base)) => Poll::Ready(Ok((self.done.partition, base + i64::from(self.index)))),
-            Some(Err(e)) => Poll::Ready(Err(e.clone())),
-            None => {
-                if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    st.wakers.push(cx.waker().clone());
-                }
-                Poll::Pending
-            }
+        let done = &self.done;
+        if let Some(o) = done.outcome.get() {
+            return Poll::Ready(self.result(o));
+        }
+        let mut wakers = done.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked again under the lock: `complete` sets the outcome before
+        // it takes the wakers, so either this sees it or it sees this waker.
+        if let Some(o) = done.outcome.get() {
+            return Poll::Ready(self.result(o));
+        }
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Delivery {
+    fn result(&self, batch: &Result<i64, Error>) -> Outcome {
+        match batch {
+            Ok(base) if *base < 0 => Ok((self.done.partition, -1)),
+            Ok(base) => Ok((self.done.partition, base + i64::from(self.index))),
+            Err(e) => Err(e.clone()),
         }
     }
 }
 
 /// The outcome of one batch (its base offset), shared by its deliveries.
+/// Read without a lock once set.
 #[derive(Debug)]
 struct Completion {
     partition: u32,
-    state: Mutex<CompletionState>,
-}
-
-#[derive(Debug, Default)]
-struct CompletionState {
-    outcome: Option<Result<i64, Error>>,
-    wakers: Vec<std::task::Waker>,
+    outcome: std::sync::OnceLock<Result<i64, Error>>,
+    wakers: Mutex<Vec<std::task::Waker>>,
 }
 
 impl Completion {
+    fn new(partition: u32) -> Completion {
+        Completion {
+            partition,
+            outcome: std::sync::OnceLock::new(),
+            wakers: Mutex::default(),
+        }
+    }
+
     /// Sets the outcome (the first one set wins) and wakes the waiters.
     fn complete(&self, outcome: Result<i64, Error>) {
-        let wakers = {
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if st.outcome.is_some() {
-                return;
-            }
-            st.outcome = Some(outcome);
-            std::mem::take(&mut st.wakers)
-        };
+        if self.outcome.set(outcome).is_err() {
+            return;
+        }
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
         for w in wakers {
             w.wake();
         }
@@ -381,10 +393,7 @@ impl Producer {
                 builder: BatchBuilder::with_capacity(
                     inner.config.batch_size.min(BATCH_PREALLOC_MAX_BYTES),
                 ),
-                done: Arc::new(Completion {
-                    partition,
-                    state: Mutex::default(),
-                }),
+                done: Arc::new(Completion::new(partition)),
                 room_bytes: 0,
                 room: inner.room.clone(),
                 deadline: Instant::now() + inner.config.delivery_timeout,

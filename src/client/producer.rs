@@ -237,6 +237,7 @@ struct Inner {
     state: Mutex<State>,
     room: Arc<Semaphore>,
     in_flight: Arc<Semaphore>,
+    /// Batches not yet answered (filling or in flight): `flush` waits for 0.
     outstanding: AtomicUsize,
     idle: Notify,
 }
@@ -372,7 +373,6 @@ impl Producer {
             (None, Some(k)) => partition_for_key(k, count),
             (None, None) => st.sticky.partition(&rec.topic, count),
         };
-        inner.outstanding.fetch_add(1, Ordering::SeqCst);
         st.generation += 1;
         let generation = st.generation;
         if !st.accs.contains_key(&rec.topic) {
@@ -382,6 +382,8 @@ impl Producer {
             unreachable!("inserted above");
         };
         let acc = accs.entry(partition).or_insert_with(|| {
+            // Counted per batch, not per record: one atomic add per batch.
+            inner.outstanding.fetch_add(1, Ordering::SeqCst);
             let this = self.clone();
             let key = (rec.topic.clone(), partition);
             let linger = inner.config.linger;
@@ -491,7 +493,6 @@ impl Producer {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let permit = inner.in_flight.clone().acquire_owned().await;
-            let n = acc.builder.len();
             let mut acc = acc;
             let builder = std::mem::replace(&mut acc.builder, BatchBuilder::new());
             let outcome = send_batch(&inner, &topic, partition, builder, acc.deadline).await;
@@ -499,7 +500,7 @@ impl Producer {
             acc.done.complete(outcome);
             // Gives the batch's bytes back to the buffer.
             drop(acc);
-            if inner.outstanding.fetch_sub(n, Ordering::SeqCst) == n {
+            if inner.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
                 inner.idle.notify_waiters();
             }
         });

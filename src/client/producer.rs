@@ -494,7 +494,7 @@ impl Producer {
         tokio::spawn(async move {
             let permit = inner.in_flight.clone().acquire_owned().await;
             let mut acc = acc;
-            let builder = std::mem::replace(&mut acc.builder, BatchBuilder::new());
+            let builder = std::mem::take(&mut acc.builder);
             let outcome = send_batch(&inner, &topic, partition, builder, acc.deadline).await;
             drop(permit);
             acc.done.complete(outcome);

@@ -28,6 +28,7 @@ use crate::proto::ErrorCode;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -345,6 +346,17 @@ impl Progress {
         h.saturating_record(us);
     }
 
+    /// Adds a worker's latencies to the shared histogram and empties it.
+    fn merge_latency(&self, local: &mut Histogram<u64>) {
+        if local.is_empty() {
+            return;
+        }
+        let mut h = self.latency_us.lock().unwrap_or_else(|e| e.into_inner());
+        // Same bounds on both sides: adding cannot fail.
+        let _ = h.add(&*local);
+        local.reset();
+    }
+
     fn histogram(&self) -> Histogram<u64> {
         self.latency_us
             .lock()
@@ -479,7 +491,9 @@ pub fn run_produce(args: &ProduceArgs) -> Result<Summary, String> {
         }
         let progress = Progress::new()?;
         spawn_progress("produce", progress.clone(), true);
-        let value = Bytes::from(vec![b'x'; args.record_size_bytes]);
+        // Static bytes: cloning the value for each record is then free (no
+        // reference count to touch). Leaked once per run, at most 1 MiB.
+        let value = Bytes::from_static(Vec::leak(vec![b'x'; args.record_size_bytes]));
         let producers = u64::from(args.producers);
         let start = Instant::now();
         let mut workers = Vec::new();
@@ -532,8 +546,24 @@ pub fn run_produce(args: &ProduceArgs) -> Result<Summary, String> {
     })
 }
 
+/// Deliveries handed from a producer's sending loop to its collector at a
+/// time (one channel message per chunk, not per record).
+const CHUNK_RECORDS: usize = 256;
+/// The collector reads the clock again after this many records that were
+/// already acknowledged when it got to them.
+const CLOCK_REUSE_RECORDS: u32 = 64;
+/// The sending loop reads the clock for a record's send time once per this
+/// many records; the others reuse the reading, which is earlier than their
+/// send, so their latency can only come out longer (by the time a few sends
+/// take: microseconds).
+const SEND_CLOCK_RECORDS: u64 = 8;
+/// The collector adds its latencies to the shared histogram every this many
+/// records (and at the end).
+const MERGE_RECORDS: u64 = 4096;
+
 /// Sends `count` records and collects their acknowledgements in send order
-/// on a second task, holding at most `in_flight` unacknowledged.
+/// on a second task, holding about `in_flight` unacknowledged at most
+/// (counted in chunks of up to [`CHUNK_RECORDS`]).
 async fn produce_worker(
     producer: Producer,
     topic: String,
@@ -543,7 +573,15 @@ async fn produce_worker(
     in_flight: usize,
     progress: Arc<Progress>,
 ) -> Result<(), String> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, Delivery)>(in_flight);
+    // Paced runs hand each record over at once: a record held in a partial
+    // chunk while the sender sleeps would be seen late by the collector.
+    let chunk = if rate.is_some() {
+        1
+    } else {
+        CHUNK_RECORDS.min(in_flight)
+    };
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Vec<(Instant, Delivery)>>((in_flight / chunk).max(1));
     let size = value.len() as u64;
     let collector = {
         let progress = progress.clone();
@@ -552,20 +590,66 @@ async fn produce_worker(
             // counted when the earlier one is. Batches of one partition are
             // acknowledged in order, so this only adds the spread between
             // partitions' batches in flight at the same time.
-            while let Some((sent, delivery)) = rx.recv().await {
-                delivery.await.map_err(|e| e.to_string())?;
-                progress.record_latency(sent.elapsed());
-                progress.records.fetch_add(1, Ordering::Relaxed);
-                progress.bytes.fetch_add(size, Ordering::Relaxed);
+            //
+            // The clock is read when the collector had to wait for an
+            // acknowledgement. A record already acknowledged when the
+            // collector gets to it reuses that reading (at most
+            // CLOCK_REUSE_RECORDS times, and never one older than its send),
+            // so its latency can be short by the collector's own time since
+            // then: microseconds, against milliseconds measured.
+            let mut hist = new_histogram()?;
+            let mut now = Instant::now();
+            let mut reused = 0u32;
+            let mut unmerged = 0u64;
+            while let Some(chunk) = rx.recv().await {
+                let n = chunk.len() as u64;
+                for (sent, mut delivery) in chunk {
+                    let ready = std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(std::pin::Pin::new(&mut delivery).poll(cx))
+                    })
+                    .await;
+                    let outcome = match ready {
+                        std::task::Poll::Ready(o) => {
+                            reused += 1;
+                            if reused >= CLOCK_REUSE_RECORDS || now < sent {
+                                now = Instant::now();
+                                reused = 0;
+                            }
+                            o
+                        }
+                        std::task::Poll::Pending => {
+                            let o = delivery.await;
+                            now = Instant::now();
+                            reused = 0;
+                            o
+                        }
+                    };
+                    outcome.map_err(|e| e.to_string())?;
+                    let us = (now.saturating_duration_since(sent).as_micros() as u64)
+                        .clamp(1, LATENCY_MAX_US);
+                    hist.saturating_record(us);
+                }
+                progress.records.fetch_add(n, Ordering::Relaxed);
+                progress.bytes.fetch_add(n * size, Ordering::Relaxed);
+                unmerged += n;
+                if unmerged >= MERGE_RECORDS {
+                    progress.merge_latency(&mut hist);
+                    unmerged = 0;
+                }
             }
+            progress.merge_latency(&mut hist);
             Ok::<(), String>(())
         })
     };
     let start = Instant::now();
     let mut failed = None;
+    let mut pending = Vec::with_capacity(chunk);
+    let mut sent = start;
     for n in 0..count {
         pace(start, n, rate).await;
-        let sent = Instant::now();
+        if n % SEND_CLOCK_RECORDS == 0 || rate.is_some() {
+            sent = Instant::now();
+        }
         let rec = ProducerRecord {
             topic: topic.clone(),
             value: Some(value.clone()),
@@ -573,9 +657,13 @@ async fn produce_worker(
         };
         match producer.send(rec).await {
             Ok(d) => {
-                if tx.send((sent, d)).await.is_err() {
-                    // The collector stopped on an error; it reports it.
-                    break;
+                pending.push((sent, d));
+                if pending.len() >= chunk {
+                    let full = std::mem::replace(&mut pending, Vec::with_capacity(chunk));
+                    if tx.send(full).await.is_err() {
+                        // The collector stopped on an error; it reports it.
+                        break;
+                    }
                 }
             }
             Err(e) => {
@@ -588,6 +676,9 @@ async fn produce_worker(
             // runtime.
             tokio::task::yield_now().await;
         }
+    }
+    if !pending.is_empty() {
+        let _ = tx.send(pending).await;
     }
     producer.flush().await;
     drop(tx);

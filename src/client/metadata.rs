@@ -290,6 +290,19 @@ impl Client {
         self.refresh_topic(name).await
     }
 
+    /// How many partitions a topic has, from the cache when it is there
+    /// (no clone of its metadata: the producer asks on every send).
+    pub async fn partition_count(&self, name: &str) -> Result<u32, Error> {
+        let cached = {
+            let meta = self.inner.meta.lock().unwrap_or_else(|e| e.into_inner());
+            meta.topics.get(name).map(|t| t.partitions.len() as u32)
+        };
+        match cached {
+            Some(n) => Ok(n),
+            None => Ok(self.refresh_topic(name).await?.partitions.len() as u32),
+        }
+    }
+
     /// A topic's metadata, fetched now.
     pub async fn refresh_topic(&self, name: &str) -> Result<TopicMetadata, Error> {
         let m = self.refresh(&[name.to_string()]).await?;

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 /// When the broker answers a produce.
@@ -130,38 +130,102 @@ impl ProducerRecord {
 type Outcome = Result<(u32, i64), Error>;
 
 /// Resolves to the (partition, offset) a record was written at.
+///
+/// All the records of a batch share one [`Completion`]: a send allocates no
+/// channel of its own, and a batch's answer wakes its waiters once.
 #[derive(Debug)]
 pub struct Delivery {
-    rx: oneshot::Receiver<Outcome>,
+    done: Arc<Completion>,
+    index: u32,
 }
 
 impl Future for Delivery {
     type Output = Outcome;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(Error::Closed)))
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let done = &self.done;
+        if let Some(o) = done.outcome.get() {
+            return Poll::Ready(self.result(o));
+        }
+        let mut wakers = done.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked again under the lock: `complete` sets the outcome before
+        // it takes the wakers, so either this sees it or it sees this waker.
+        if let Some(o) = done.outcome.get() {
+            return Poll::Ready(self.result(o));
+        }
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
-struct Pending {
-    event: Event,
-    tx: oneshot::Sender<Outcome>,
-    deadline: Instant,
-    _room: OwnedSemaphorePermit,
+impl Delivery {
+    fn result(&self, batch: &Result<i64, Error>) -> Outcome {
+        match batch {
+            Ok(base) if *base < 0 => Ok((self.done.partition, -1)),
+            Ok(base) => Ok((self.done.partition, base + i64::from(self.index))),
+            Err(e) => Err(e.clone()),
+        }
+    }
 }
 
-#[derive(Default)]
+/// The outcome of one batch (its base offset), shared by its deliveries.
+/// Read without a lock once set.
+#[derive(Debug)]
+struct Completion {
+    partition: u32,
+    outcome: std::sync::OnceLock<Result<i64, Error>>,
+    wakers: Mutex<Vec<std::task::Waker>>,
+}
+
+impl Completion {
+    fn new(partition: u32) -> Completion {
+        Completion {
+            partition,
+            outcome: std::sync::OnceLock::new(),
+            wakers: Mutex::default(),
+        }
+    }
+
+    /// Sets the outcome (the first one set wins) and wakes the waiters.
+    fn complete(&self, outcome: Result<i64, Error>) {
+        if self.outcome.set(outcome).is_err() {
+            return;
+        }
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// A batch being filled or sent. Dropped unanswered (the producer or its
+/// runtime went away), its records fail with [`Error::Closed`]; dropped in
+/// any case, it gives its bytes back to the producer's buffer.
 struct Acc {
-    records: Vec<Pending>,
-    bytes: usize,
+    builder: BatchBuilder,
+    done: Arc<Completion>,
+    /// Buffer bytes held for the batch's records (permits forgotten at
+    /// `send`, added back on drop).
+    room_bytes: usize,
+    room: Arc<Semaphore>,
+    /// Delivery deadline of the batch's first (oldest) record.
+    deadline: Instant,
     generation: u64,
+}
+
+impl Drop for Acc {
+    fn drop(&mut self) {
+        self.done.complete(Err(Error::Closed));
+        self.room.add_permits(self.room_bytes);
+    }
 }
 
 #[derive(Default)]
 struct State {
-    // BTreeMap: batches are flushed in a deterministic order.
-    accs: BTreeMap<(String, u32), Acc>,
+    // BTreeMap: batches are flushed in a deterministic order. Keyed by
+    // topic then partition, so a send looks its batch up by `&str`.
+    accs: BTreeMap<String, BTreeMap<u32, Acc>>,
     sticky: Sticky,
     generation: u64,
     closed: bool,
@@ -173,6 +237,7 @@ struct Inner {
     state: Mutex<State>,
     room: Arc<Semaphore>,
     in_flight: Arc<Semaphore>,
+    /// Batches not yet answered (filling or in flight): `flush` waits for 0.
     outstanding: AtomicUsize,
     idle: Notify,
 }
@@ -191,8 +256,10 @@ impl std::fmt::Debug for Producer {
     }
 }
 
-/// Bytes a batch's header takes, added to each batch's record bytes.
-const BATCH_OVERHEAD: usize = 61;
+/// A batch's buffer is allocated at `batch_size` bytes up front, but at
+/// most this: many partitions' lingering batches must not reserve far more
+/// memory than the records they hold.
+const BATCH_PREALLOC_MAX_BYTES: usize = 1024 * 1024;
 
 impl Producer {
     /// Epoch milliseconds for a record sent without a timestamp.
@@ -236,8 +303,7 @@ impl Producer {
     /// too large.
     pub async fn send(&self, rec: ProducerRecord) -> Result<Delivery, Error> {
         let inner = &self.inner;
-        let topic = inner.client.topic(&rec.topic).await?;
-        let count = topic.partitions.len() as u32;
+        let count = inner.client.partition_count(&rec.topic).await?;
         if count == 0 {
             return Err(Error::Invalid(format!(
                 "topic '{}' has no partitions",
@@ -250,6 +316,9 @@ impl Producer {
             timestamp_ms: rec.timestamp_ms.unwrap_or_else(|| self.now_ms()),
             headers: rec.headers,
         };
+        // Bytes the record takes in a batch of its own: the buffer is
+        // accounted in these (a record deep in a batch may differ by a byte
+        // or two of varints).
         let size = BatchBuilder::new().record_size_bytes(&event);
         let limit = inner
             .config
@@ -270,62 +339,87 @@ impl Producer {
                 )));
             }
         }
-        let room = tokio::time::timeout(
-            inner.config.delivery_timeout,
-            inner.room.clone().acquire_many_owned(size as u32),
-        )
-        .await
-        .map_err(|_| {
-            Error::Invalid(format!(
-                "the producer buffer stayed full for {} ms; the cluster is not keeping up",
-                inner.config.delivery_timeout.as_millis()
-            ))
-        })?
-        .map_err(|_| Error::Closed)?;
-        let (tx, rx) = oneshot::channel();
-        let pending = Pending {
-            event,
-            tx,
-            deadline: Instant::now() + inner.config.delivery_timeout,
-            _room: room,
-        };
-        let mut st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        // Room in the buffer: at once if there is some (no timer), else
+        // wait up to the delivery timeout. The permit is forgotten here and
+        // given back when the record's batch is answered (`Acc::drop`).
+        match inner.room.try_acquire_many(size as u32) {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                tokio::time::timeout(
+                    inner.config.delivery_timeout,
+                    inner.room.acquire_many(size as u32),
+                )
+                .await
+                .map_err(|_| {
+                    Error::Invalid(format!(
+                        "the producer buffer stayed full for {} ms; the cluster is not keeping up",
+                        inner.config.delivery_timeout.as_millis()
+                    ))
+                })?
+                .map_err(|_| Error::Closed)?
+                .forget();
+            }
+        }
+        let mut guard = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *guard;
         if st.closed {
+            inner.room.add_permits(size);
             return Err(Error::Closed);
         }
-        let keyless = rec.partition.is_none() && pending.event.key.is_none();
-        let partition = match (rec.partition, &pending.event.key) {
+        let keyless = rec.partition.is_none() && event.key.is_none();
+        let partition = match (rec.partition, &event.key) {
             (Some(p), _) => p,
             (None, Some(k)) => partition_for_key(k, count),
             (None, None) => st.sticky.partition(&rec.topic, count),
         };
-        inner.outstanding.fetch_add(1, Ordering::SeqCst);
         st.generation += 1;
         let generation = st.generation;
-        let key = (rec.topic.clone(), partition);
-        let acc = st.accs.entry(key.clone()).or_default();
-        if acc.records.is_empty() {
-            acc.generation = generation;
+        if !st.accs.contains_key(&rec.topic) {
+            st.accs.insert(rec.topic.clone(), BTreeMap::new());
+        }
+        let Some(accs) = st.accs.get_mut(&rec.topic) else {
+            unreachable!("inserted above");
+        };
+        let acc = accs.entry(partition).or_insert_with(|| {
+            // Counted per batch, not per record: one atomic add per batch.
+            inner.outstanding.fetch_add(1, Ordering::SeqCst);
             let this = self.clone();
-            let key = key.clone();
+            let key = (rec.topic.clone(), partition);
             let linger = inner.config.linger;
             tokio::spawn(async move {
                 tokio::time::sleep(linger).await;
                 this.drain(Some((key, generation)));
             });
-        }
-        acc.bytes += size;
-        acc.records.push(pending);
-        if acc.bytes + BATCH_OVERHEAD >= inner.config.batch_size {
-            let batch = std::mem::take(&mut acc.records);
-            acc.bytes = 0;
+            Acc {
+                builder: BatchBuilder::with_capacity(
+                    inner.config.batch_size.min(BATCH_PREALLOC_MAX_BYTES),
+                ),
+                done: Arc::new(Completion::new(partition)),
+                room_bytes: 0,
+                room: inner.room.clone(),
+                deadline: Instant::now() + inner.config.delivery_timeout,
+                generation,
+            }
+        });
+        let index = acc.builder.len() as u32;
+        acc.builder.push(&event);
+        acc.room_bytes += size;
+        let delivery = Delivery {
+            done: acc.done.clone(),
+            index,
+        };
+        if acc.builder.size_bytes() >= inner.config.batch_size {
+            let full = accs.remove(&partition);
             if keyless {
                 st.sticky.next(&rec.topic);
             }
-            drop(st);
-            self.dispatch(key.0, key.1, batch);
+            drop(guard);
+            if let Some(acc) = full {
+                self.dispatch(rec.topic, partition, acc);
+            }
         }
-        Ok(Delivery { rx })
+        Ok(delivery)
     }
 
     /// Sends a record and waits for its acknowledgement.
@@ -363,51 +457,50 @@ impl Producer {
         {
             let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
             match only {
-                Some((key, generation)) => {
-                    if let Some(acc) = st.accs.get_mut(&key) {
-                        if acc.generation == generation && !acc.records.is_empty() {
-                            acc.bytes = 0;
-                            ready.push((key.clone(), std::mem::take(&mut acc.records)));
+                Some(((topic, partition), generation)) => {
+                    if let Some(accs) = st.accs.get_mut(&topic) {
+                        if accs
+                            .get(&partition)
+                            .is_some_and(|a| a.generation == generation)
+                        {
+                            if let Some(acc) = accs.remove(&partition) {
+                                ready.push((topic.clone(), partition, acc));
+                            }
                         }
                     }
                     // A keyless batch that lingered out moves the sticky
                     // partition on, as a full one does.
                     if !ready.is_empty() {
-                        st.sticky.next(&key.0);
+                        st.sticky.next(&topic);
                     }
                 }
                 None => {
-                    for (key, acc) in st.accs.iter_mut() {
-                        if !acc.records.is_empty() {
-                            acc.bytes = 0;
-                            ready.push((key.clone(), std::mem::take(&mut acc.records)));
+                    for (topic, accs) in std::mem::take(&mut st.accs) {
+                        for (partition, acc) in accs {
+                            ready.push((topic.clone(), partition, acc));
                         }
                     }
                 }
             }
-            st.accs.retain(|_, a| !a.records.is_empty());
+            st.accs.retain(|_, a| !a.is_empty());
         }
-        for ((topic, partition), batch) in ready {
-            self.dispatch(topic, partition, batch);
+        for (topic, partition, acc) in ready {
+            self.dispatch(topic, partition, acc);
         }
     }
 
-    fn dispatch(&self, topic: String, partition: u32, batch: Vec<Pending>) {
+    fn dispatch(&self, topic: String, partition: u32, acc: Acc) {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let permit = inner.in_flight.clone().acquire_owned().await;
-            let outcome = send_batch(&inner, &topic, partition, &batch).await;
+            let mut acc = acc;
+            let builder = std::mem::take(&mut acc.builder);
+            let outcome = send_batch(&inner, &topic, partition, builder, acc.deadline).await;
             drop(permit);
-            let n = batch.len();
-            for (i, p) in batch.into_iter().enumerate() {
-                let r = match &outcome {
-                    Ok(base) if *base < 0 => Ok((partition, -1)),
-                    Ok(base) => Ok((partition, base + i as i64)),
-                    Err(e) => Err(e.clone()),
-                };
-                let _ = p.tx.send(r);
-            }
-            if inner.outstanding.fetch_sub(n, Ordering::SeqCst) == n {
+            acc.done.complete(outcome);
+            // Gives the batch's bytes back to the buffer.
+            drop(acc);
+            if inner.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
                 inner.idle.notify_waiters();
             }
         });
@@ -430,18 +523,10 @@ async fn send_batch(
     inner: &Inner,
     topic: &str,
     partition: u32,
-    batch: &[Pending],
+    builder: BatchBuilder,
+    deadline: Instant,
 ) -> Result<i64, Error> {
-    let deadline = batch
-        .iter()
-        .map(|p| p.deadline)
-        .min()
-        .unwrap_or_else(Instant::now);
-    let mut b = BatchBuilder::new();
-    for p in batch {
-        b.push(&p.event);
-    }
-    let bytes = b.build().into_bytes();
+    let bytes = builder.build().into_bytes();
     let cfg = &inner.config;
     let client = &inner.client;
     let mut last = String::from("none");

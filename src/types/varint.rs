@@ -28,7 +28,14 @@ pub fn varlong_len(v: i64) -> usize {
 
 /// Decodes a varlong from the front of `buf`: the value and bytes consumed,
 /// or None if the bytes end first or the encoding is longer than 10 bytes.
+#[inline]
 pub fn get_varlong(buf: &[u8]) -> Option<(i64, usize)> {
+    // One byte (values -64..=63: most lengths and deltas in a batch).
+    if let Some(&b) = buf.first() {
+        if b & 0x80 == 0 {
+            return Some((i64::from(b >> 1) ^ -i64::from(b & 1), 1));
+        }
+    }
     let mut z: u64 = 0;
     for (i, &b) in buf.iter().take(VARLONG_BYTES_MAX).enumerate() {
         z |= ((b & 0x7f) as u64) << (7 * i);
@@ -41,6 +48,7 @@ pub fn get_varlong(buf: &[u8]) -> Option<(i64, usize)> {
 }
 
 /// Decodes a varint: a varlong that must fit in 32 bits.
+#[inline]
 pub fn get_varint(buf: &[u8]) -> Option<(i32, usize)> {
     let (v, n) = get_varlong(buf)?;
     i32::try_from(v).ok().map(|v| (v, n))

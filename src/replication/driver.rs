@@ -213,6 +213,14 @@ pub enum Input {
         id: u64,
         done: Option<oneshot::Sender<()>>,
     },
+    /// Hands the leadership of `group` to replica `to`, if this broker leads
+    /// it; `reply` says whether the handover started (it completes once the
+    /// target is elected, which the status board shows).
+    TransferLeader {
+        group: u64,
+        to: u64,
+        reply: oneshot::Sender<Result<(), ProposeError>>,
+    },
     /// Syncs everything and stops the driver.
     Shutdown {
         done: oneshot::Sender<()>,
@@ -410,6 +418,9 @@ impl Driver {
                 if let Some(done) = done {
                     let _ = done.send(());
                 }
+            }
+            Input::TransferLeader { group, to, reply } => {
+                let _ = reply.send(self.transfer_leader(group, to));
             }
             Input::Shutdown { .. } => unreachable!("handled by take_inputs"),
         }
@@ -836,6 +847,27 @@ impl Driver {
             let _ = g.log.sync();
             let _ = g.log.flush_commit();
         }
+    }
+
+    /// Starts handing `group`'s leadership to `to` (raft-rs's leader
+    /// transfer: the leader stops taking proposals, brings `to` up to date
+    /// and tells it to campaign at once; it gives up after an election
+    /// timeout). The caller checks that `to` is a replica.
+    fn transfer_leader(&mut self, group: u64, to: u64) -> Result<(), ProposeError> {
+        let g = self.groups.get_mut(&group).ok_or(ProposeError::UnknownGroup)?;
+        if let Some(e) = &g.failed {
+            return Err(ProposeError::Storage(e.clone()));
+        }
+        let raft = &g.node.raft;
+        if raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: raft.leader_id,
+            });
+        }
+        if to != self.config.node_id {
+            g.node.transfer_leader(to);
+        }
+        Ok(())
     }
 }
 

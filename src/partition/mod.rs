@@ -270,11 +270,15 @@ impl PartitionService {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(ProposeError::ShuttingDown.into()),
                 Err(_) => {
+                    let now = match leader {
+                        0 => "no leader is known now".to_string(),
+                        l => format!("broker {l} leads it"),
+                    };
                     let mut e = PartitionError::new(
                         ErrorCode::RequestTimedOut,
                         format!(
                             "broker {to} did not take over {topic}/{partition} within {ms} ms \
-                             (it may be behind or unreachable); broker {leader} leads it"
+                             (it may be behind or unreachable); {now}"
                         ),
                     );
                     e.leader = leader;

@@ -372,17 +372,32 @@ async fn transfer_error(c: &weir::client::Connection, req: Req) -> (i32, String,
 async fn transfer_leader_moves_leadership_and_names_bad_requests() {
     let cluster = Cluster::start(3).await;
     wait_for_cluster(&cluster).await;
-    assert!(admin(&cluster, create("moving", 1, 3)).await.error.is_none());
-    assert!(admin(&cluster, create("single", 1, 1)).await.error.is_none());
+    assert!(admin(&cluster, create("moving", 1, 3))
+        .await
+        .error
+        .is_none());
+    assert!(admin(&cluster, create("single", 1, 1))
+        .await
+        .error
+        .is_none());
     let from = leaders(&cluster, "moving", 1).await[0];
     let to = from % 3 + 1;
 
     // Through the admin client: the answer comes once `to` leads.
     let a = admin_client(&cluster);
-    a.transfer_leader("moving", 0, to).await.expect("transferred");
+    a.transfer_leader("moving", 0, to)
+        .await
+        .expect("transferred");
     let to_conn = cluster.connect(to).await;
     eventually(10, "the new leader to take writes", || async {
-        let r = produce(&to_conn, "moving", 0, &batch_of(&[event("k", "v")]), Acks::All).await;
+        let r = produce(
+            &to_conn,
+            "moving",
+            0,
+            &batch_of(&[event("k", "v")]),
+            Acks::All,
+        )
+        .await;
         r.error.is_none().then_some(())
     })
     .await;
@@ -398,7 +413,10 @@ async fn transfer_leader_moves_leadership_and_names_bad_requests() {
     let other = lone % 3 + 1;
     let (code, msg, _) = transfer_error(&c, transfer("single", 0, other)).await;
     assert_eq!(code, ErrorCode::NotAReplica as i32, "{msg}");
-    assert!(msg.contains(&format!("broker {other} holds no replica")), "{msg}");
+    assert!(
+        msg.contains(&format!("broker {other} holds no replica")),
+        "{msg}"
+    );
     let err = a.transfer_leader("single", 0, other).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotAReplica), "{err}");
 

@@ -52,7 +52,10 @@ pub(crate) async fn admin(w: Shared, o: Rc<Options>) {
         let next = w.borrow_mut().admin_queue.pop_front();
         if let Some(Request::Transfer { partition, pick }) = next {
             let outcome = transfer(&w, &o, &mut conns, partition, pick).await;
-            note(&w, format!("admin transfer partition {partition}: {outcome}"));
+            note(
+                &w,
+                format!("admin transfer partition {partition}: {outcome}"),
+            );
             continue;
         }
         if stage == Stage::Waiting && now_ms() >= start + plan.create_at_ms {

@@ -238,7 +238,11 @@ fn clone_world(w: &World) -> World {
 fn client_hosts(o: &Options) -> Vec<String> {
     let mut names = vec!["setup".to_string()];
     names.extend((0..o.producers).map(|i| format!("p{i}")));
-    names.extend(["auditor".to_string(), "prober".to_string(), "admin".to_string()]);
+    names.extend([
+        "auditor".to_string(),
+        "prober".to_string(),
+        "admin".to_string(),
+    ]);
     names.extend((0..=o.consumers).map(|i| format!("c{i}")));
     names
 }
@@ -767,8 +771,7 @@ async fn prober(w: Shared, o: Rc<Options>) {
             let value = format!("probe-{partition}-{n}");
             n += 1;
             let at = begin_write(&w, o.producers, partition, &key, &value);
-            let (outcome, hint) =
-                produce_once(&mut conns, to, at_p, &key, &value, Acks::All).await;
+            let (outcome, hint) = produce_once(&mut conns, to, at_p, &key, &value, Acks::All).await;
             let acked = matches!(outcome, Outcome::Acked { .. });
             finish_write(&w, at, to, outcome);
             if acked {

@@ -182,7 +182,6 @@ impl fmt::Display for Plan {
     }
 }
 
-
 /// A fault in force, remembered so it can be healed exactly.
 #[derive(Debug, Clone)]
 enum Active {
@@ -434,7 +433,8 @@ impl Nemesis {
             }
             Active::Lossy(b, links) => {
                 set_lossy(sim, *b, links, self.plan.loss_rate);
-                let maxima: Vec<String> = links.iter().map(|(h, ms)| format!("{h}<={ms}")).collect();
+                let maxima: Vec<String> =
+                    links.iter().map(|(h, ms)| format!("{h}<={ms}")).collect();
                 format!(
                     "nemesis lossy b{b}: loss {:.4} per message, latency ms {}",
                     self.plan.loss_rate,
@@ -504,7 +504,8 @@ impl Nemesis {
             }
             Active::Lossy(b, links) => {
                 let base = self.plan.max_latency_ms;
-                let restored: Vec<(String, u64)> = links.into_iter().map(|(h, _)| (h, base)).collect();
+                let restored: Vec<(String, u64)> =
+                    links.into_iter().map(|(h, _)| (h, base)).collect();
                 set_lossy(sim, b, &restored, 0.0);
                 format!("nemesis lossless b{b}")
             }

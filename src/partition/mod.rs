@@ -232,7 +232,11 @@ impl PartitionService {
         timeout_ms: u32,
     ) -> Result<u64, PartitionError> {
         let replica = self.replica(topic, partition)?;
-        if self.board.get(replica.group).is_some_and(|s| s.leader == to) {
+        if self
+            .board
+            .get(replica.group)
+            .is_some_and(|s| s.leader == to)
+        {
             return Ok(to);
         }
         self.leader_replica(topic, partition)?;

@@ -854,7 +854,10 @@ impl Driver {
     /// and tells it to campaign at once; it gives up after an election
     /// timeout). The caller checks that `to` is a replica.
     fn transfer_leader(&mut self, group: u64, to: u64) -> Result<(), ProposeError> {
-        let g = self.groups.get_mut(&group).ok_or(ProposeError::UnknownGroup)?;
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(ProposeError::UnknownGroup)?;
         if let Some(e) = &g.failed {
             return Err(ProposeError::Storage(e.clone()));
         }

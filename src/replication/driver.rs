@@ -327,7 +327,12 @@ pub struct Driver {
 }
 
 /// Ticks between checks that leadership sits with the preferred replica.
-const PREFERRED_LEADER_CHECK_TICKS: u64 = 50;
+/// Prime on purpose: a leader's check quorum clears every follower's
+/// `recent_active` every `election_tick_min` ticks (10 by default), and the
+/// flags come back only with the next responses. With a period that is a
+/// multiple of that (it was 50), a leader elected on the wrong tick saw the
+/// preferred replica inactive at every check and never handed back.
+const PREFERRED_LEADER_CHECK_TICKS: u64 = 53;
 /// Ticks between lazy persists of the commit index.
 const COMMIT_FLUSH_TICKS: u64 = 20;
 

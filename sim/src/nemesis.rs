@@ -195,6 +195,7 @@ enum Active {
 }
 
 impl Active {
+    /// Its kind, for the overlap rules (both cuts count as `split`).
     fn kind(&self) -> FaultKind {
         match self {
             Active::Cut(..) => FaultKind::Split,
@@ -203,6 +204,14 @@ impl Active {
             Active::Slow(_) => FaultKind::Delay,
             Active::Paused(_) => FaultKind::Pause,
             Active::Lossy(..) => FaultKind::Lossy,
+        }
+    }
+
+    /// Its name in the trace: a cut is an `isolate` or a `split`.
+    fn label(&self) -> &'static str {
+        match self {
+            Active::Cut(..) => "partition",
+            other => other.kind().name(),
         }
     }
 
@@ -341,8 +350,8 @@ impl Nemesis {
         if let Some(first) = self.active.first() {
             let line = format!(
                 "nemesis overlap: {} while {} is in force",
-                active.kind().name(),
-                first.kind().name()
+                active.label(),
+                first.label()
             );
             trace.push(now as u128, line);
         }

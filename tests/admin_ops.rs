@@ -334,3 +334,114 @@ async fn lagging_follower_catches_up_through_a_snapshot() {
     .await;
     assert!(caught_up.log_start_offset >= on_leader.log_start_offset.min(caught_up.log_end_offset));
 }
+
+fn admin_client(cluster: &Cluster) -> weir::client::Admin {
+    let bootstrap = cluster
+        .configs
+        .keys()
+        .map(|id| cluster.client_addr(*id))
+        .collect();
+    weir::client::Admin::new(weir::client::Client::with_network(
+        cluster.net.clone(),
+        weir::client::ClientConfig {
+            bootstrap,
+            request_timeout: Duration::from_secs(3),
+            ..weir::client::ClientConfig::default()
+        },
+    ))
+}
+
+fn transfer(topic: &str, partition: u32, to: u64) -> Req {
+    Req::TransferLeader(TransferLeaderRequest {
+        topic: topic.into(),
+        partition,
+        to,
+        timeout_ms: 0,
+    })
+}
+
+async fn transfer_error(c: &weir::client::Connection, req: Req) -> (i32, String, u64) {
+    let Resp::TransferLeader(t) = call(c, req).await else {
+        panic!("not a transfer answer")
+    };
+    let e = t.error.expect("an error");
+    (e.code, e.message, e.leader_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leader_moves_leadership_and_names_bad_requests() {
+    let cluster = Cluster::start(3).await;
+    wait_for_cluster(&cluster).await;
+    assert!(admin(&cluster, create("moving", 1, 3))
+        .await
+        .error
+        .is_none());
+    assert!(admin(&cluster, create("single", 1, 1))
+        .await
+        .error
+        .is_none());
+    let from = leaders(&cluster, "moving", 1).await[0];
+    let to = from % 3 + 1;
+
+    // Through the admin client: the answer comes once `to` leads.
+    let a = admin_client(&cluster);
+    a.transfer_leader("moving", 0, to)
+        .await
+        .expect("transferred");
+    let to_conn = cluster.connect(to).await;
+    eventually(10, "the new leader to take writes", || async {
+        let r = produce(
+            &to_conn,
+            "moving",
+            0,
+            &batch_of(&[event("k", "v")]),
+            Acks::All,
+        )
+        .await;
+        r.error.is_none().then_some(())
+    })
+    .await;
+
+    // Errors name what is wrong.
+    let c = cluster.any().await;
+    let (code, msg, _) = transfer_error(&c, transfer("nope", 0, 1)).await;
+    assert_eq!(code, ErrorCode::UnknownTopic as i32, "{msg}");
+    let (code, msg, _) = transfer_error(&c, transfer("moving", 7, 1)).await;
+    assert_eq!(code, ErrorCode::UnknownPartition as i32, "{msg}");
+    assert!(msg.contains("no partition 7"), "{msg}");
+    let lone = leaders(&cluster, "single", 1).await[0];
+    let other = lone % 3 + 1;
+    let (code, msg, _) = transfer_error(&c, transfer("single", 0, other)).await;
+    assert_eq!(code, ErrorCode::NotAReplica as i32, "{msg}");
+    assert!(
+        msg.contains(&format!("broker {other} holds no replica")),
+        "{msg}"
+    );
+    let err = a.transfer_leader("single", 0, other).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NotAReplica), "{err}");
+
+    // The preferred replica takes leadership back; then a follower answers
+    // NOT_LEADER and names it.
+    let Resp::Metadata(m) = call(
+        &c,
+        Req::Metadata(MetadataRequest {
+            topics: vec!["moving".into()],
+        }),
+    )
+    .await
+    else {
+        panic!("not a metadata answer")
+    };
+    let preferred = m.topics[0].partitions[0].replicas[0];
+    // Regression: with a preferred-leader check period that was a multiple
+    // of the check-quorum period, the hand-back never came in most runs.
+    eventually(10, "the preferred replica to lead again", || async {
+        (leaders(&cluster, "moving", 1).await[0] == preferred).then_some(())
+    })
+    .await;
+    let (follower, target) = (preferred % 3 + 1, (preferred + 1) % 3 + 1);
+    let f = cluster.connect(follower).await;
+    let (code, msg, named) = transfer_error(&f, transfer("moving", 0, target)).await;
+    assert_eq!(code, ErrorCode::NotLeader as i32, "{msg}");
+    assert_eq!(named, preferred, "{msg}");
+}

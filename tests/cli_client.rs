@@ -459,6 +459,21 @@ fn errors_say_what_went_wrong_and_exit_non_zero() {
     assert!(e.contains("'missing'"), "{e}");
     let e = fails(
         bs,
+        &[
+            "topic",
+            "transfer-leader",
+            "--topic",
+            "missing",
+            "--partition",
+            "0",
+            "--to",
+            "1",
+        ],
+        "",
+    );
+    assert!(e.contains("'missing'"), "{e}");
+    let e = fails(
+        bs,
         &["topic", "create", "t", "--replication-factor", "3"],
         "",
     );
@@ -594,6 +609,39 @@ fn three_broker_cluster_survives_a_stopped_broker() {
         "",
     );
     ok(&bs, &["produce", "replicated-events"], "one\ntwo\nthree\n");
+    let out = ok(
+        &bs,
+        &[
+            "topic",
+            "transfer-leader",
+            "--topic",
+            "replicated-events",
+            "--partition",
+            "0",
+            "--to",
+            "3",
+        ],
+        "",
+    );
+    assert!(
+        out.contains("Broker 3 now leads partition 0 of topic replicated-events"),
+        "{out}"
+    );
+    let e = fails(
+        &bs,
+        &[
+            "topic",
+            "transfer-leader",
+            "--topic",
+            "replicated-events",
+            "--partition",
+            "0",
+            "--to",
+            "9",
+        ],
+        "",
+    );
+    assert!(e.contains("broker 9 holds no replica"), "{e}");
     // Stop broker 2.
     let killed = Command::new("kill")
         .arg(pid_of(&cluster_dir, 2))

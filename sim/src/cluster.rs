@@ -5,14 +5,14 @@
 
 use crate::checker::{self, Report};
 use crate::history::{BatchSeen, History, Outcome, Poll, Probe, Rec, ReplicaCheck, Trace, Write};
-use crate::nemesis::{broker_host, FaultKind, Nemesis};
+use crate::nemesis::{broker_host, FaultKind, Nemesis, Request};
 use crate::{SimDisk, SimNetwork};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,7 +26,10 @@ use weir::proto::client_response::Body as Resp;
 use weir::proto::*;
 use weir::types::{BatchBuilder, BatchHeader, Event, RecordBatch};
 
-const TOPIC: &str = "sim";
+pub(crate) const TOPIC: &str = "sim";
+/// The topic an admin client creates mid-run; its partitions follow the
+/// first topic's in the history's partition numbering.
+pub(crate) const NEW_TOPIC: &str = "sim-new";
 /// How long the cluster may take to form and create the topic.
 const SETUP_LIMIT: Duration = Duration::from_secs(60);
 /// A client's wait for any one response.
@@ -92,7 +95,7 @@ impl RunResult {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(crate) enum Phase {
     Setup,
     Safety,
     Quiet,
@@ -100,7 +103,7 @@ enum Phase {
 
 /// The state client hosts and the simulation loop share (turmoil runs
 /// every host on this thread).
-struct World {
+pub(crate) struct World {
     phase: Phase,
     trace: Trace,
     history: History,
@@ -116,15 +119,38 @@ struct World {
     /// The broker that acknowledged the latest write: a leader to isolate.
     last_leader: Option<u64>,
     setup_error: Option<String>,
+    /// Partitions of the first topic: history partitions below this are
+    /// its own, the rest the new topic's.
+    base_partitions: u32,
+    /// Partitions of the topic created mid-run, once it is usable.
+    pub(crate) new_partitions: u32,
+    /// The nemesis's requests for the admin client.
+    pub(crate) admin_queue: VecDeque<Request>,
 }
 
-type Shared = Rc<RefCell<World>>;
+impl World {
+    /// Partitions over both topics, as numbered in the history.
+    pub(crate) fn partitions(&self) -> u32 {
+        self.base_partitions + self.new_partitions
+    }
 
-fn now_ms() -> u128 {
+    /// The topic and partition of history partition `p`.
+    pub(crate) fn locate(&self, p: u32) -> (&'static str, u32) {
+        if p < self.base_partitions {
+            (TOPIC, p)
+        } else {
+            (NEW_TOPIC, p - self.base_partitions)
+        }
+    }
+}
+
+pub(crate) type Shared = Rc<RefCell<World>>;
+
+pub(crate) fn now_ms() -> u128 {
     turmoil::sim_elapsed().unwrap_or_default().as_millis()
 }
 
-fn note(w: &Shared, event: String) {
+pub(crate) fn note(w: &Shared, event: String) {
     w.borrow_mut().trace.push(now_ms(), event);
 }
 
@@ -161,6 +187,9 @@ pub fn run(o: &Options) -> RunResult {
         consumers_left: o.consumers + 2,
         last_leader: None,
         setup_error: None,
+        base_partitions: o.partitions,
+        new_partitions: 0,
+        admin_queue: VecDeque::new(),
     }));
     world
         .borrow_mut()
@@ -171,6 +200,7 @@ pub fn run(o: &Options) -> RunResult {
         ..Disks::default()
     }));
     add_hosts(&mut sim, o, &world, &disks);
+    nemesis.clients = client_hosts(o);
     let error = drive(&mut sim, o, &world, &mut nemesis, &disks);
     let simulated = sim.elapsed();
     drop(sim);
@@ -199,7 +229,23 @@ fn clone_world(w: &World) -> World {
         consumers_left: w.consumers_left,
         last_leader: w.last_leader,
         setup_error: w.setup_error.clone(),
+        base_partitions: w.base_partitions,
+        new_partitions: w.new_partitions,
+        admin_queue: w.admin_queue.clone(),
     }
+}
+
+/// The names of every client host `add_hosts` adds.
+fn client_hosts(o: &Options) -> Vec<String> {
+    let mut names = vec!["setup".to_string()];
+    names.extend((0..o.producers).map(|i| format!("p{i}")));
+    names.extend([
+        "auditor".to_string(),
+        "prober".to_string(),
+        "admin".to_string(),
+    ]);
+    names.extend((0..=o.consumers).map(|i| format!("c{i}")));
+    names
 }
 
 fn add_hosts(sim: &mut turmoil::Sim, o: &Options, world: &Shared, disks: &SharedDisks) {
@@ -240,6 +286,7 @@ async fn run_clients(world: Shared, o: Rc<Options>) -> turmoil::Result {
     }
     tasks.push(spawn_local(auditor(world.clone(), o.clone())));
     tasks.push(spawn_local(prober(world.clone(), o.clone())));
+    tasks.push(spawn_local(crate::admin::admin(world.clone(), o.clone())));
     // The last consumer starts in the quiet phase: a fresh reader of the
     // final logs, which catches records that changed under earlier readers.
     for i in 0..=o.consumers {
@@ -282,7 +329,9 @@ fn drive(
                 let mut w = world.borrow_mut();
                 if now < end {
                     nemesis.leader = w.last_leader;
+                    nemesis.partitions = w.partitions();
                     nemesis.tick(sim, now_ms, &mut w.trace);
+                    w.admin_queue.extend(nemesis.requests.drain(..));
                 } else {
                     start_quiet(sim, o, &mut w, nemesis, disks, now_ms);
                     quiet_end = Some(now + Duration::from_secs(o.quiet_s));
@@ -419,12 +468,12 @@ async fn run_broker(id: u64, n: u64, seed: u64, disk: DiskRef) -> turmoil::Resul
 
 /// Cached connections to brokers, dropped when a request fails.
 #[derive(Default)]
-struct Conns {
+pub(crate) struct Conns {
     open: BTreeMap<u64, Connection>,
 }
 
 /// Why a request got no answer.
-enum Ask {
+pub(crate) enum Ask {
     /// Could not connect: the request was never sent.
     NotSent,
     /// Sent; no answer (timeout, broken connection).
@@ -432,7 +481,7 @@ enum Ask {
 }
 
 impl Conns {
-    async fn ask(&mut self, id: u64, body: Req) -> Result<Resp, Ask> {
+    pub(crate) async fn ask(&mut self, id: u64, body: Req) -> Result<Resp, Ask> {
         let c = match self.open.entry(id) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(v) => {
@@ -492,11 +541,11 @@ async fn all_led(conns: &mut Conns, id: u64, partitions: u32) -> bool {
     })
 }
 
-fn phase(w: &Shared) -> Phase {
+pub(crate) fn phase(w: &Shared) -> Phase {
     w.borrow().phase
 }
 
-async fn wait_for(w: &Shared, p: Phase) {
+pub(crate) async fn wait_for(w: &Shared, p: Phase) {
     while phase(w) != p {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -523,7 +572,7 @@ async fn producer(w: Shared, o: Rc<Options>, i: u32) {
     let mut n = 0u64;
     while phase(&w) == Phase::Safety {
         let k = rng.gen_range(0..o.keys);
-        let partition = k % o.partitions;
+        let partition = pick_partition(&w, &mut rng, k);
         let (key, value) = (format!("k{k}"), format!("p{i}-{n}"));
         n += 1;
         for _ in 0..4 {
@@ -536,7 +585,8 @@ async fn producer(w: Shared, o: Rc<Options>, i: u32) {
             } else {
                 Acks::Leader
             };
-            let (outcome, hint) = produce_once(&mut conns, to, partition, &key, &value, acks).await;
+            let at_p = w.borrow().locate(partition);
+            let (outcome, hint) = produce_once(&mut conns, to, at_p, &key, &value, acks).await;
             let acked = matches!(outcome, Outcome::Acked { .. });
             if !acked {
                 let next = hint.unwrap_or_else(|| rng.gen_range(1..=o.brokers));
@@ -553,6 +603,20 @@ async fn producer(w: Shared, o: Rc<Options>, i: u32) {
     w.borrow_mut().producers_left -= 1;
 }
 
+/// Key `k`'s partition: in the first topic, or once the new topic is
+/// usable, in either (half of the writes each).
+fn pick_partition(w: &Shared, rng: &mut ChaCha8Rng, k: u32) -> u32 {
+    let (base, new) = {
+        let wm = w.borrow();
+        (wm.base_partitions, wm.new_partitions)
+    };
+    if new > 0 && rng.gen_bool(0.5) {
+        base + k % new
+    } else {
+        k % base
+    }
+}
+
 /// At the end of the quiet phase (producers done), reads every replica of
 /// every partition up to the lowest high watermark among them and records
 /// where their bytes differ (the `replica-divergence` check).
@@ -563,8 +627,10 @@ async fn auditor(w: Shared, o: Rc<Options>) {
     while w.borrow().producers_left > 0 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for partition in 0..o.partitions {
-        let check = audit_partition(&mut conns, &o, partition).await;
+    let partitions = w.borrow().partitions();
+    for partition in 0..partitions {
+        let at = w.borrow().locate(partition);
+        let check = audit_partition(&mut conns, &o, partition, at).await;
         note(
             &w,
             format!(
@@ -579,14 +645,19 @@ async fn auditor(w: Shared, o: Rc<Options>) {
     w.borrow_mut().consumers_left -= 1;
 }
 
-async fn audit_partition(conns: &mut Conns, o: &Options, partition: u32) -> ReplicaCheck {
+async fn audit_partition(
+    conns: &mut Conns,
+    o: &Options,
+    partition: u32,
+    at: (&str, u32),
+) -> ReplicaCheck {
     let mut copies: Vec<(u64, i64, Vec<Bytes>)> = Vec::new();
     let mut unread = Vec::new();
     for id in 1..=o.brokers {
         // A replica may be restarting: try a few times.
         let mut copy = None;
         for _ in 0..20 {
-            copy = read_replica(conns, id, partition).await;
+            copy = read_replica(conns, id, at).await;
             if copy.is_some() {
                 break;
             }
@@ -636,13 +707,17 @@ async fn audit_partition(conns: &mut Conns, o: &Options, partition: u32) -> Repl
 
 /// Every batch of one broker's replica up to its high watermark, and that
 /// high watermark; `None` if it cannot be read now.
-async fn read_replica(conns: &mut Conns, id: u64, partition: u32) -> Option<(i64, Vec<Bytes>)> {
+async fn read_replica(
+    conns: &mut Conns,
+    id: u64,
+    (topic, partition): (&str, u32),
+) -> Option<(i64, Vec<Bytes>)> {
     let (mut offset, mut batches, mut hw) = (0i64, Vec::new(), 0i64);
     // Bounded: each pass moves `offset` past at least one batch.
     for _ in 0..100_000 {
         let req = Req::Fetch(FetchRequest {
             partitions: vec![FetchPartition {
-                topic: TOPIC.into(),
+                topic: topic.into(),
                 partition,
                 offset,
                 max_bytes: 1 << 20,
@@ -683,15 +758,16 @@ async fn prober(w: Shared, o: Rc<Options>) {
     let start = now_ms();
     // Give up at half the quiet phase: consumers need the rest.
     let give_up = start + u128::from(o.quiet_s) * 500;
-    for partition in 0..o.partitions {
+    let partitions = w.borrow().partitions();
+    for partition in 0..partitions {
+        let at_p = w.borrow().locate(partition);
         let key = format!("probe{partition}");
         let (mut to, mut n, mut acked_after_ms) = (1u64, 0u32, None);
         while now_ms() < give_up {
             let value = format!("probe-{partition}-{n}");
             n += 1;
             let at = begin_write(&w, o.producers, partition, &key, &value);
-            let (outcome, hint) =
-                produce_once(&mut conns, to, partition, &key, &value, Acks::All).await;
+            let (outcome, hint) = produce_once(&mut conns, to, at_p, &key, &value, Acks::All).await;
             let acked = matches!(outcome, Outcome::Acked { .. });
             finish_write(&w, at, to, outcome);
             if acked {
@@ -763,13 +839,13 @@ fn finish_write(w: &Shared, at: usize, to: u64, outcome: Outcome) {
 async fn produce_once(
     conns: &mut Conns,
     to: u64,
-    partition: u32,
+    (topic, partition): (&str, u32),
     key: &str,
     value: &str,
     acks: Acks,
 ) -> (Outcome, Option<u64>) {
     let req = Req::Produce(ProduceRequest {
-        topic: TOPIC.into(),
+        topic: topic.into(),
         partition,
         acks: acks as i32,
         batch: batch(key, value).as_bytes().clone(),
@@ -818,16 +894,19 @@ async fn consumer(w: Shared, o: Rc<Options>, c: u32, late: bool) {
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed ^ (0x636f_6e73 + c as u64));
     let mut conns = Conns::default();
     let mut leader: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut pos: BTreeMap<u32, i64> = (0..o.partitions).map(|p| (p, 0)).collect();
+    let mut pos: BTreeMap<u32, i64> = BTreeMap::new();
     wait_for(&w, if late { Phase::Quiet } else { Phase::Safety }).await;
     loop {
         let mut progressed = false;
-        for p in 0..o.partitions {
+        // The new topic's partitions join once it is usable.
+        let partitions = w.borrow().partitions();
+        for p in 0..partitions {
             let to = *leader
                 .entry(p)
                 .or_insert_with(|| rng.gen_range(1..=o.brokers));
-            let from = pos[&p];
-            match fetch_once(&mut conns, to, p, from).await {
+            let from = *pos.entry(p).or_insert(0);
+            let at = w.borrow().locate(p);
+            match fetch_once(&mut conns, to, at, from).await {
                 Ok(batches) => {
                     if let Some(last) = batches.last() {
                         pos.insert(p, last.last + 1);
@@ -885,12 +964,12 @@ fn record_poll(w: &Shared, c: u32, to: u64, partition: u32, from: i64, batches: 
 async fn fetch_once(
     conns: &mut Conns,
     to: u64,
-    partition: u32,
+    (topic, partition): (&str, u32),
     from: i64,
 ) -> Result<Vec<BatchSeen>, Option<u64>> {
     let req = Req::Fetch(FetchRequest {
         partitions: vec![FetchPartition {
-            topic: TOPIC.into(),
+            topic: topic.into(),
             partition,
             offset: from,
             max_bytes: 64 * 1024,

@@ -9,9 +9,11 @@
 //!   on any disk.
 //! - [`cluster`]: one seeded run of a whole cluster under faults (the
 //!   `weir-sim` binary), recording a [`history`] for the [`checker`]s;
-//!   faults come from the [`nemesis`].
+//!   faults come from the [`nemesis`]; an admin client (`admin.rs`)
+//!   creates a topic mid-run and carries out leadership transfers.
 //! - [`seeded`]: property tests replayable from a seed (`WEIR_TEST_SEED`).
 
+mod admin;
 pub mod checker;
 pub mod cluster;
 pub mod disk;

@@ -5,7 +5,6 @@ use crate::history::Trace;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 use weir::io::{FaultConfig, FaultKind as DiskFault};
@@ -28,26 +27,44 @@ pub enum FaultKind {
     /// Seeded disk errors (EIO, ENOSPC, short reads, bit flips) on every
     /// broker for the whole safety phase, via `weir::io::FaultyDisk`.
     Disk,
+    /// A client asks a partition's leader to hand leadership to another
+    /// replica (the TransferLeader request). An action, not an episode: it
+    /// may fire again while another fault is in force.
+    Transfer,
+    /// One broker's traffic stops in both directions and arrives in a burst
+    /// when it resumes (turmoil's hold and release on all its links).
+    Pause,
+    /// One broker's links lose messages at a seeded rate (each loss drops
+    /// everything in flight on the link, so its TCP connections stall and
+    /// are reset by timeouts) and get per-link latencies, so messages on
+    /// different links reorder.
+    Lossy,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Isolate,
         FaultKind::Split,
         FaultKind::Crash,
         FaultKind::Delay,
         FaultKind::Power,
         FaultKind::Disk,
+        FaultKind::Transfer,
+        FaultKind::Pause,
+        FaultKind::Lossy,
     ];
 
     /// The default set: all but `Disk`, whose storage errors still make
     /// raft-rs panic in a broker (see docs/simulation.md).
-    pub const DEFAULT: [FaultKind; 5] = [
+    pub const DEFAULT: [FaultKind; 8] = [
         FaultKind::Isolate,
         FaultKind::Split,
         FaultKind::Crash,
         FaultKind::Delay,
         FaultKind::Power,
+        FaultKind::Transfer,
+        FaultKind::Pause,
+        FaultKind::Lossy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +75,9 @@ impl FaultKind {
             FaultKind::Delay => "delay",
             FaultKind::Power => "power",
             FaultKind::Disk => "disk",
+            FaultKind::Transfer => "transfer",
+            FaultKind::Pause => "pause",
+            FaultKind::Lossy => "lossy",
         }
     }
 
@@ -71,6 +91,15 @@ pub fn broker_host(id: u64) -> String {
     format!("b{id}")
 }
 
+/// What the nemesis asks the simulation's admin client to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Move the leadership of `partition` (an index over every topic's
+    /// partitions, as in the history) to one of its other replicas, the
+    /// `pick`-th modulo their number.
+    Transfer { partition: u32, pick: u64 },
+}
+
 /// What the seed chose: how often faults come and how likely each is.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -82,6 +111,14 @@ pub struct Plan {
     pub slow_latency_ms: u64,
     /// Disk fault rates for the safety phase, if disk faults are on.
     pub disk: Option<FaultConfig>,
+    /// The chance that a nemesis tick with one fault in force adds a second
+    /// one instead of healing it.
+    pub overlap: f64,
+    /// `lossy`: the chance that a message on a lossy link is lost (with
+    /// everything then in flight on that link).
+    pub loss_rate: f64,
+    /// `lossy`: each lossy link's maximum latency is drawn up to this.
+    pub jitter_ms: u64,
 }
 
 impl Plan {
@@ -97,6 +134,9 @@ impl Plan {
             max_latency_ms: if delay { rng.gen_range(5..60) } else { 5 },
             slow_latency_ms: rng.gen_range(100..800),
             disk: kinds.contains(&FaultKind::Disk).then(|| disk_config(rng)),
+            overlap: rng.gen_range(0.2..0.7),
+            loss_rate: rng.gen_range(0.005..0.05),
+            jitter_ms: rng.gen_range(10..200),
         }
     }
 }
@@ -124,6 +164,14 @@ impl fmt::Display for Plan {
             " latency<={}ms slow<={}ms",
             self.max_latency_ms, self.slow_latency_ms
         )?;
+        write!(f, " overlap={:.2}", self.overlap)?;
+        if self.weights.iter().any(|(k, _)| *k == FaultKind::Lossy) {
+            write!(
+                f,
+                " loss={:.4} jitter<={}ms",
+                self.loss_rate, self.jitter_ms
+            )?;
+        }
         if let Some(d) = &self.disk {
             write!(f, " disk:")?;
             for k in DiskFault::ALL {
@@ -134,13 +182,49 @@ impl fmt::Display for Plan {
     }
 }
 
-/// The fault in force, remembered so it can be healed exactly.
+/// A fault in force, remembered so it can be healed exactly.
 #[derive(Debug, Clone)]
 enum Active {
     Cut(Vec<u64>, Vec<u64>),
     Crashed(u64),
     PowerLoss,
     Slow(u64),
+    Paused(u64),
+    /// The lossy broker and the maximum latency of each of its links.
+    Lossy(u64, Vec<(String, u64)>),
+}
+
+impl Active {
+    /// Its kind, for the overlap rules (both cuts count as `split`).
+    fn kind(&self) -> FaultKind {
+        match self {
+            Active::Cut(..) => FaultKind::Split,
+            Active::Crashed(_) => FaultKind::Crash,
+            Active::PowerLoss => FaultKind::Power,
+            Active::Slow(_) => FaultKind::Delay,
+            Active::Paused(_) => FaultKind::Pause,
+            Active::Lossy(..) => FaultKind::Lossy,
+        }
+    }
+
+    /// Its name in the trace: a cut is an `isolate` or a `split`.
+    fn label(&self) -> &'static str {
+        match self {
+            Active::Cut(..) => "partition",
+            other => other.kind().name(),
+        }
+    }
+
+    /// The broker this fault is about, which a second fault leaves alone
+    /// (cuts have none: a crash during a split is the point).
+    fn victim(&self) -> Option<u64> {
+        match self {
+            Active::Crashed(b) | Active::Slow(b) | Active::Paused(b) | Active::Lossy(b, _) => {
+                Some(*b)
+            }
+            Active::Cut(..) | Active::PowerLoss => None,
+        }
+    }
 }
 
 /// Applies and heals faults on the simulation.
@@ -148,11 +232,18 @@ pub struct Nemesis {
     pub plan: Plan,
     rng: ChaCha8Rng,
     brokers: u64,
-    active: Option<Active>,
-    crashed: BTreeSet<u64>,
+    /// The faults in force, oldest first (at most two).
+    active: Vec<Active>,
     next_ms: u64,
     /// A broker known to lead some partition, set by the caller.
     pub leader: Option<u64>,
+    /// Partitions over every topic, set by the caller (for `transfer`).
+    pub partitions: u32,
+    /// Every client host, whose links to a paused or lossy broker are
+    /// affected too; set by the caller.
+    pub clients: Vec<String>,
+    /// Requests for the admin client, taken by the caller.
+    pub requests: Vec<Request>,
 }
 
 impl Nemesis {
@@ -164,33 +255,64 @@ impl Nemesis {
             plan,
             rng,
             brokers,
-            active: None,
-            crashed: BTreeSet::new(),
+            active: Vec::new(),
             next_ms: 0,
             leader: None,
+            partitions: 0,
+            clients: Vec::new(),
+            requests: Vec::new(),
         }
     }
 
-    /// Called every step of the safety phase: heals the fault in force or
-    /// injects a new one when the interval has passed.
+    /// Called every step of the safety phase: when the interval has passed,
+    /// injects a fault if none is in force; with one in force, adds a
+    /// second (with the plan's overlap chance) or heals it; with two, heals
+    /// the newer.
     pub fn tick(&mut self, sim: &mut turmoil::Sim, now_ms: u64, trace: &mut Trace) {
         if now_ms < self.next_ms {
             return;
         }
         let jitter = self.rng.gen_range(0..=self.plan.interval_ms / 2);
         self.next_ms = now_ms + self.plan.interval_ms + jitter;
-        if self.active.is_some() {
-            self.heal(sim, now_ms, trace);
-        } else if let Some(kind) = self.choose() {
-            self.inject(kind, sim, now_ms, trace);
+        let second = match self.active.as_slice() {
+            [] => false,
+            [only] if only.kind() != FaultKind::Power => self.rng.gen_bool(self.plan.overlap),
+            _ => {
+                self.heal_newest(sim, now_ms, trace);
+                return;
+            }
+        };
+        if self.active.len() == 1 && !second {
+            self.heal_newest(sim, now_ms, trace);
+            return;
+        }
+        match self.choose() {
+            Some(kind) => self.inject(kind, sim, now_ms, trace),
+            None if second => self.heal_newest(sim, now_ms, trace),
+            None => {}
         }
     }
 
     /// Picks a fault by weight, or none (weights sum plus one "no fault").
+    /// With a fault in force, not its kind and not a power loss.
     fn choose(&mut self) -> Option<FaultKind> {
-        let total: f64 = self.plan.weights.iter().map(|(_, w)| w).sum::<f64>() + 0.3;
+        let in_force: Vec<FaultKind> = self.active.iter().map(Active::kind).collect();
+        let allowed = |k: FaultKind| {
+            in_force.is_empty()
+                || (k != FaultKind::Power
+                    && !in_force.contains(&k)
+                    && !(k == FaultKind::Isolate && in_force.contains(&FaultKind::Split)))
+        };
+        let weights: Vec<(FaultKind, f64)> = self
+            .plan
+            .weights
+            .iter()
+            .filter(|(k, _)| allowed(*k))
+            .copied()
+            .collect();
+        let total: f64 = weights.iter().map(|(_, w)| w).sum::<f64>() + 0.3;
         let mut r = self.rng.gen_range(0.0..total);
-        for (k, w) in &self.plan.weights {
+        for (k, w) in &weights {
             if r < *w {
                 return Some(*k);
             }
@@ -199,19 +321,62 @@ impl Nemesis {
         None
     }
 
-    fn random_broker(&mut self) -> u64 {
-        self.rng.gen_range(1..=self.brokers)
+    /// A random broker that no fault in force is about, if any is left.
+    fn random_broker(&mut self) -> Option<u64> {
+        let taken: Vec<u64> = self.active.iter().filter_map(Active::victim).collect();
+        let free: Vec<u64> = (1..=self.brokers).filter(|b| !taken.contains(b)).collect();
+        free.choose(&mut self.rng).copied()
+    }
+
+    /// Mostly (with chance `p`) the latest known leader, else a random
+    /// broker; never one a fault in force is about.
+    fn leader_or_random(&mut self, p: f64) -> Option<u64> {
+        let taken: Vec<u64> = self.active.iter().filter_map(Active::victim).collect();
+        let at_leader = self.rng.gen_bool(p);
+        match self.leader {
+            Some(l) if at_leader && !taken.contains(&l) => Some(l),
+            _ => self.random_broker(),
+        }
     }
 
     fn inject(&mut self, kind: FaultKind, sim: &mut turmoil::Sim, now: u64, trace: &mut Trace) {
+        if kind == FaultKind::Transfer {
+            self.transfer(now, trace);
+            return;
+        }
+        let Some(active) = self.draw(kind) else {
+            return;
+        };
+        if let Some(first) = self.active.first() {
+            let line = format!(
+                "nemesis overlap: {} while {} is in force",
+                active.label(),
+                first.label()
+            );
+            trace.push(now as u128, line);
+        }
+        self.apply(&active, sim, now, trace);
+        self.active.push(active);
+        self.reassert(sim);
+    }
+
+    /// Asks the admin client to move a random partition's leadership.
+    fn transfer(&mut self, now: u64, trace: &mut Trace) {
+        if self.partitions == 0 {
+            return;
+        }
+        let partition = self.rng.gen_range(0..self.partitions);
+        let pick = self.rng.gen_range(0..self.brokers);
+        self.requests.push(Request::Transfer { partition, pick });
+        let line = format!("nemesis transfer leadership of partition {partition} (pick {pick})");
+        trace.push(now as u128, line);
+    }
+
+    /// The fault's victims and parameters; `None` if no broker is left.
+    fn draw(&mut self, kind: FaultKind) -> Option<Active> {
         let active = match kind {
             FaultKind::Isolate => {
-                // Mostly a leader: the one that acknowledged the latest write.
-                let at_leader = self.rng.gen_bool(0.75);
-                let victim = match self.leader {
-                    Some(l) if at_leader => l,
-                    _ => self.random_broker(),
-                };
+                let victim = self.leader_or_random(0.75)?;
                 let rest = (1..=self.brokers).filter(|b| *b != victim).collect();
                 Active::Cut(vec![victim], rest)
             }
@@ -222,79 +387,171 @@ impl Nemesis {
                 let rest = all.split_off(minority.min(all.len() - 1));
                 Active::Cut(all, rest)
             }
-            FaultKind::Crash => Active::Crashed(self.random_broker()),
+            FaultKind::Crash => Active::Crashed(self.random_broker()?),
             FaultKind::Power => Active::PowerLoss,
-            FaultKind::Delay => Active::Slow(self.random_broker()),
+            FaultKind::Delay => Active::Slow(self.random_broker()?),
+            FaultKind::Pause => Active::Paused(self.leader_or_random(0.5)?),
+            FaultKind::Lossy => {
+                let b = self.leader_or_random(0.5)?;
+                let base = self.plan.max_latency_ms;
+                let links = self
+                    .others(b)
+                    .into_iter()
+                    .map(|h| (h, base + self.rng.gen_range(0..=self.plan.jitter_ms)))
+                    .collect();
+                Active::Lossy(b, links)
+            }
             // Continuous, not an episode: never among the weights.
-            FaultKind::Disk => return,
+            FaultKind::Disk | FaultKind::Transfer => return None,
         };
-        self.apply(&active, sim, now, trace);
-        self.active = Some(active);
+        Some(active)
+    }
+
+    /// Every host but broker `b`: the other brokers, then the clients.
+    fn others(&self, b: u64) -> Vec<String> {
+        (1..=self.brokers)
+            .filter(|o| *o != b)
+            .map(broker_host)
+            .chain(self.clients.iter().cloned())
+            .collect()
     }
 
     fn apply(&mut self, a: &Active, sim: &mut turmoil::Sim, now: u64, trace: &mut Trace) {
-        match a {
+        let line = match a {
             Active::Cut(left, right) => {
                 for_pairs(left, right, |x, y| sim.partition(x, y));
-                trace.push(
-                    now as u128,
-                    format!("nemesis partition {left:?} | {right:?}"),
-                );
+                format!("nemesis partition {left:?} | {right:?}")
             }
             Active::Crashed(b) => {
                 sim.crash(broker_host(*b));
-                self.crashed.insert(*b);
-                trace.push(now as u128, format!("nemesis crash b{b}"));
+                format!("nemesis crash b{b}")
             }
             Active::PowerLoss => {
                 for b in 1..=self.brokers {
                     sim.crash(broker_host(b));
-                    self.crashed.insert(b);
                 }
-                trace.push(now as u128, "nemesis power loss: every broker crashed");
+                "nemesis power loss: every broker crashed".into()
             }
             Active::Slow(b) => {
-                let slow = Duration::from_millis(self.plan.slow_latency_ms);
-                let others: Vec<u64> = (1..=self.brokers).filter(|o| o != b).collect();
-                for_pairs(&[*b], &others, |x, y| {
-                    sim.set_link_max_message_latency(x, y, slow)
-                });
-                trace.push(now as u128, format!("nemesis slow b{b}"));
+                self.set_latency(sim, *b, self.plan.slow_latency_ms);
+                format!("nemesis slow b{b}")
+            }
+            Active::Paused(b) => {
+                self.hold(sim, *b, true);
+                format!("nemesis pause b{b}: its traffic is held both ways")
+            }
+            Active::Lossy(b, links) => {
+                set_lossy(sim, *b, links, self.plan.loss_rate);
+                let maxima: Vec<String> =
+                    links.iter().map(|(h, ms)| format!("{h}<={ms}")).collect();
+                format!(
+                    "nemesis lossy b{b}: loss {:.4} per message, latency ms {}",
+                    self.plan.loss_rate,
+                    maxima.join(" ")
+                )
+            }
+        };
+        trace.push(now as u128, line);
+    }
+
+    /// Every link of `b` gets maximum latency `ms`.
+    fn set_latency(&self, sim: &mut turmoil::Sim, b: u64, ms: u64) {
+        let host = broker_host(b);
+        for o in self.others(b) {
+            sim.set_link_max_message_latency(host.as_str(), o, Duration::from_millis(ms));
+        }
+    }
+
+    /// Holds (or releases) every link of `b`, to brokers and clients.
+    fn hold(&self, sim: &mut turmoil::Sim, b: u64, hold: bool) {
+        let host = broker_host(b);
+        for o in self.others(b) {
+            if hold {
+                sim.hold(host.as_str(), o);
+            } else {
+                sim.release(host.as_str(), o);
             }
         }
     }
 
-    /// Heals the fault in force.
+    /// Heals every fault in force, newest first.
     pub fn heal(&mut self, sim: &mut turmoil::Sim, now: u64, trace: &mut Trace) {
-        let Some(a) = self.active.take() else {
+        while !self.active.is_empty() {
+            self.heal_newest(sim, now, trace);
+        }
+    }
+
+    /// Heals the newest fault in force, then puts back what healing it may
+    /// have undone of the other (a repair or release also clears holds and
+    /// cuts on the same links).
+    fn heal_newest(&mut self, sim: &mut turmoil::Sim, now: u64, trace: &mut Trace) {
+        let Some(a) = self.active.pop() else {
             return;
         };
-        match a {
+        let line = match a {
             Active::Cut(left, right) => {
                 for_pairs(&left, &right, |x, y| sim.repair(x, y));
-                trace.push(now as u128, format!("nemesis repair {left:?} | {right:?}"));
+                format!("nemesis repair {left:?} | {right:?}")
             }
             Active::Crashed(b) => {
                 sim.bounce(broker_host(b));
-                self.crashed.remove(&b);
-                trace.push(now as u128, format!("nemesis restart b{b}"));
+                format!("nemesis restart b{b}")
             }
             Active::PowerLoss => {
                 for b in 1..=self.brokers {
                     sim.bounce(broker_host(b));
-                    self.crashed.remove(&b);
                 }
-                trace.push(now as u128, "nemesis power back: every broker restarted");
+                "nemesis power back: every broker restarted".into()
             }
             Active::Slow(b) => {
-                let base = Duration::from_millis(self.plan.max_latency_ms);
-                let others: Vec<u64> = (1..=self.brokers).filter(|o| *o != b).collect();
-                for_pairs(&[b], &others, |x, y| {
-                    sim.set_link_max_message_latency(x, y, base)
-                });
-                trace.push(now as u128, format!("nemesis unslow b{b}"));
+                self.set_latency(sim, b, self.plan.max_latency_ms);
+                format!("nemesis unslow b{b}")
+            }
+            Active::Paused(b) => {
+                self.hold(sim, b, false);
+                format!("nemesis resume b{b}: held traffic delivered")
+            }
+            Active::Lossy(b, links) => {
+                let base = self.plan.max_latency_ms;
+                let restored: Vec<(String, u64)> =
+                    links.into_iter().map(|(h, _)| (h, base)).collect();
+                set_lossy(sim, b, &restored, 0.0);
+                format!("nemesis lossless b{b}")
+            }
+        };
+        trace.push(now as u128, line);
+        self.reassert(sim);
+    }
+
+    /// Re-applies the link state of the faults in force, cuts last so that
+    /// a partition wins over a hold on the same link. Crashes need nothing.
+    fn reassert(&self, sim: &mut turmoil::Sim) {
+        for a in &self.active {
+            match a {
+                Active::Slow(b) => self.set_latency(sim, *b, self.plan.slow_latency_ms),
+                Active::Lossy(b, links) => set_lossy(sim, *b, links, self.plan.loss_rate),
+                _ => {}
             }
         }
+        for a in &self.active {
+            if let Active::Paused(b) = a {
+                self.hold(sim, *b, true);
+            }
+        }
+        for a in &self.active {
+            if let Active::Cut(left, right) = a {
+                for_pairs(left, right, |x, y| sim.partition(x, y));
+            }
+        }
+    }
+}
+
+/// Sets the loss rate and the per-link maximum latency of `b`'s links.
+fn set_lossy(sim: &mut turmoil::Sim, b: u64, links: &[(String, u64)], rate: f64) {
+    let host = broker_host(b);
+    for (o, ms) in links {
+        sim.set_link_fail_rate(host.as_str(), o.as_str(), rate);
+        sim.set_link_max_message_latency(host.as_str(), o.as_str(), Duration::from_millis(*ms));
     }
 }
 

@@ -1,4 +1,5 @@
-//! `weir topic create | list | describe | delete | alter-config`.
+//! `weir topic create | list | describe | delete | alter-config |
+//! transfer-leader`.
 
 use super::output::{id_array, ids, key_value, table, ClientArgs, Json, Output};
 use crate::client::{Admin, Error, TopicDesc};
@@ -42,6 +43,17 @@ pub enum TopicCommand {
         /// A key to reset to its default (repeatable).
         #[arg(long = "delete", value_name = "KEY")]
         delete: Vec<String>,
+    },
+    /// Moves a partition's leadership to another of its replicas (the
+    /// preferred replica takes it back later, as in Kafka).
+    TransferLeader {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: u32,
+        /// The broker id to lead the partition.
+        #[arg(long)]
+        to: u64,
     },
 }
 
@@ -130,6 +142,27 @@ async fn run_on(admin: &Admin, cmd: &TopicCommand, out: Output) -> Result<String
             Ok(match out {
                 Output::Table => format!("Altered the configuration of topic {name}.\n"),
                 Output::Json => Json::obj([("altered", Json::str(name.clone()))]).render() + "\n",
+            })
+        }
+        TopicCommand::TransferLeader {
+            topic,
+            partition,
+            to,
+        } => {
+            admin.transfer_leader(topic, *partition, *to).await?;
+            Ok(match out {
+                Output::Table => {
+                    format!("Broker {to} now leads partition {partition} of topic {topic}.\n")
+                }
+                Output::Json => {
+                    Json::obj([
+                        ("topic", Json::str(topic.clone())),
+                        ("partition", Json::UInt(*partition as u64)),
+                        ("leader", Json::UInt(*to)),
+                    ])
+                    .render()
+                        + "\n"
+                }
             })
         }
     }

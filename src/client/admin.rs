@@ -121,6 +121,58 @@ impl Admin {
         Ok(())
     }
 
+    /// Moves a partition's leadership to its replica `to` and waits until
+    /// `to` leads it, following NOT_LEADER answers and retrying while a
+    /// leader is elected. The broker later hands leadership back to the
+    /// preferred replica (the first), as Kafka does.
+    pub async fn transfer_leader(&self, topic: &str, partition: u32, to: u64) -> Result<(), Error> {
+        let t = self.client.refresh_topic(topic).await?;
+        if !t.partitions.iter().any(|p| p.partition == partition) {
+            return Err(Error::Invalid(format!(
+                "topic '{topic}' has no partition {partition} (it has {})",
+                t.partitions.len()
+            )));
+        }
+        let req = Req::TransferLeader(TransferLeaderRequest {
+            topic: topic.into(),
+            partition,
+            to,
+            timeout_ms: 0,
+        });
+        let config = self.client.config();
+        let deadline = tokio::time::Instant::now() + config.admin_retry_for;
+        // Bounded by the deadline.
+        loop {
+            let err = match self.transfer_once(topic, partition, req.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if !err.retriable() || tokio::time::Instant::now() >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(config.retry_backoff).await;
+        }
+    }
+
+    /// One transfer request to the partition's leader as last known.
+    async fn transfer_once(&self, topic: &str, partition: u32, req: Req) -> Result<(), Error> {
+        let (_, conn) = self.client.leader_conn(topic, partition).await?;
+        let answer = match self.client.call(&conn, req).await? {
+            Resp::TransferLeader(t) => t,
+            _ => return Err(unexpected()),
+        };
+        let Some(e) = answer.error else {
+            return Ok(());
+        };
+        // Ask the leader it named next time, or look it up again.
+        if e.leader_id != 0 {
+            self.client.set_leader(topic, partition, e.leader_id);
+        } else {
+            self.client.refresh_topic(topic).await?;
+        }
+        Err(Error::broker(&e))
+    }
+
     pub async fn list_topics(&self) -> Result<Vec<String>, Error> {
         match self
             .client

@@ -128,6 +128,8 @@ pub const FETCH_PARTITION_BYTES_MAX: usize = 8 * 1024 * 1024;
 pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
 /// Longest a produce may wait for its acknowledgement.
 pub const PRODUCE_TIMEOUT_MS_MAX: u32 = 120_000;
+/// How long a leadership transfer waits for the target by default.
+pub const TRANSFER_TIMEOUT_MS_DEFAULT: u32 = 5_000;
 
 /// One partition's part of a fetch answer.
 #[derive(Clone, Debug, Default)]
@@ -202,12 +204,7 @@ impl PartitionService {
         let timeout = Duration::from_millis(timeout_ms.clamp(1, PRODUCE_TIMEOUT_MS_MAX) as u64);
         let sent = tokio::time::timeout(timeout, self.driver.send(Input::Propose(proposal))).await;
         match sent {
-            Err(_) => {
-                return Err(PartitionError::new(
-                    ErrorCode::Throttled,
-                    "the broker is overloaded: back off and retry",
-                ))
-            }
+            Err(_) => return Err(overloaded()),
             Ok(Err(_)) => return Err(ProposeError::ShuttingDown.into()),
             Ok(Ok(())) => {}
         }
@@ -221,6 +218,77 @@ impl PartitionService {
             )),
             Ok(Err(_)) => Err(ProposeError::ShuttingDown.into()),
             Ok(Ok(result)) => result.map_err(Into::into),
+        }
+    }
+
+    /// Moves the partition's leadership to replica `to` (the caller checked
+    /// that it is one) and waits until this broker sees `to` lead, for at
+    /// most `timeout_ms` (0: the default). Returns the new leader.
+    pub async fn transfer_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        to: u64,
+        timeout_ms: u32,
+    ) -> Result<u64, PartitionError> {
+        let replica = self.replica(topic, partition)?;
+        if self
+            .board
+            .get(replica.group)
+            .is_some_and(|s| s.leader == to)
+        {
+            return Ok(to);
+        }
+        self.leader_replica(topic, partition)?;
+        let ms = match timeout_ms {
+            0 => TRANSFER_TIMEOUT_MS_DEFAULT,
+            ms => ms.min(PRODUCE_TIMEOUT_MS_MAX),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms as u64);
+        // Subscribe first, so that the leader change is not missed.
+        let mut changes = self.board.watch();
+        changes.borrow_and_update();
+        let (reply, started) = oneshot::channel();
+        let input = Input::TransferLeader {
+            group: replica.group,
+            to,
+            reply,
+        };
+        match tokio::time::timeout_at(deadline, self.driver.send(input)).await {
+            Err(_) => return Err(overloaded()),
+            Ok(Err(_)) => return Err(ProposeError::ShuttingDown.into()),
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout_at(deadline, started).await {
+            Err(_) => return Err(overloaded()),
+            Ok(Err(_)) => return Err(ProposeError::ShuttingDown.into()),
+            Ok(Ok(result)) => result?,
+        }
+        // Bounded by the deadline: each pass waits for the board to change.
+        loop {
+            let leader = self.board.get(replica.group).unwrap_or_default().leader;
+            if leader == to {
+                return Ok(to);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ProposeError::ShuttingDown.into()),
+                Err(_) => {
+                    let now = match leader {
+                        0 => "no leader is known now".to_string(),
+                        l => format!("broker {l} leads it"),
+                    };
+                    let mut e = PartitionError::new(
+                        ErrorCode::RequestTimedOut,
+                        format!(
+                            "broker {to} did not take over {topic}/{partition} within {ms} ms \
+                             (it may be behind or unreachable); {now}"
+                        ),
+                    );
+                    e.leader = leader;
+                    return Err(e);
+                }
+            }
         }
     }
 
@@ -309,6 +377,14 @@ impl PartitionService {
             },
         })
     }
+}
+
+/// The driver's queue stayed full: the broker pushes back.
+fn overloaded() -> PartitionError {
+    PartitionError::new(
+        ErrorCode::Throttled,
+        "the broker is overloaded: back off and retry",
+    )
 }
 
 /// Checks a produced batch: one whole RecordBatch v2, CRC intact, records

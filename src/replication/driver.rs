@@ -237,6 +237,14 @@ pub enum Input {
         id: u64,
         done: Option<oneshot::Sender<()>>,
     },
+    /// Hands the leadership of `group` to replica `to`, if this broker leads
+    /// it; `reply` says whether the handover started (it completes once the
+    /// target is elected, which the status board shows).
+    TransferLeader {
+        group: u64,
+        to: u64,
+        reply: oneshot::Sender<Result<(), ProposeError>>,
+    },
     /// Syncs everything and stops the driver.
     Shutdown {
         done: oneshot::Sender<()>,
@@ -390,7 +398,12 @@ pub struct Driver {
 }
 
 /// Ticks between checks that leadership sits with the preferred replica.
-const PREFERRED_LEADER_CHECK_TICKS: u64 = 50;
+/// Prime on purpose: a leader's check quorum clears every follower's
+/// `recent_active` every `election_tick_min` ticks (10 by default), and the
+/// flags come back only with the next responses. With a period that is a
+/// multiple of that (it was 50), a leader elected on the wrong tick saw the
+/// preferred replica inactive at every check and never handed back.
+const PREFERRED_LEADER_CHECK_TICKS: u64 = 53;
 /// Ticks between lazy persists of the commit index.
 const COMMIT_FLUSH_TICKS: u64 = 20;
 
@@ -490,6 +503,9 @@ impl Driver {
                 if let Some(done) = done {
                     let _ = done.send(());
                 }
+            }
+            Input::TransferLeader { group, to, reply } => {
+                let _ = reply.send(self.transfer_leader(group, to));
             }
             Input::Shutdown { .. } => unreachable!("handled by take_inputs"),
         }
@@ -974,6 +990,32 @@ impl Driver {
             let _ = g.log.sync();
             let _ = g.log.flush_commit();
         }
+    }
+
+    /// Starts handing `group`'s leadership to `to` (raft-rs's leader
+    /// transfer: the leader stops taking proposals, brings `to` up to date
+    /// and tells it to campaign at once; it gives up after an election
+    /// timeout). The caller checks that `to` is a replica.
+    fn transfer_leader(&mut self, group: u64, to: u64) -> Result<(), ProposeError> {
+        // Its MsgTimeoutNow goes out in this round, quiet group or not.
+        self.touched.insert(group);
+        let g = self
+            .groups
+            .get_mut(&group)
+            .ok_or(ProposeError::UnknownGroup)?;
+        if let Some(e) = &g.failed {
+            return Err(ProposeError::Storage(e.clone()));
+        }
+        let raft = &g.node.raft;
+        if raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: raft.leader_id,
+            });
+        }
+        if to != self.config.node_id {
+            g.node.transfer_leader(to);
+        }
+        Ok(())
     }
 }
 

@@ -66,6 +66,7 @@ pub async fn handle(s: &Services, req: ClientRequest) -> ClientResponse {
             controller_id: s.controller.leader().0,
         }),
         Req::DescribeLogDirs(r) => Resp::DescribeLogDirs(log_dirs(s, &r)),
+        Req::TransferLeader(r) => Resp::TransferLeader(transfer_leader(s, &r).await),
         Req::DescribeBrokerStats(_) => Resp::DescribeBrokerStats(broker_stats(s)),
     };
     ClientResponse {
@@ -287,6 +288,57 @@ async fn fetch(s: &Services, r: FetchRequest) -> FetchResponse {
             let (partitions, _) = fetch_once(s, &r);
             return FetchResponse { partitions };
         }
+    }
+}
+
+/// The replicas of a partition by the topic table, or why there are none.
+fn replicas_of(s: &Services, topic: &str, partition: u32) -> Result<Vec<u64>, Option<Error>> {
+    let found = s.metadata.read(|t| {
+        t.topic(topic).map(|t| {
+            t.partitions
+                .iter()
+                .find(|p| p.partition == partition)
+                .map(|p| p.replicas.clone())
+        })
+    });
+    match found {
+        None => Err(unknown_topic(topic)),
+        Some(None) => Err(error(
+            ErrorCode::UnknownPartition,
+            format!("topic '{topic}' has no partition {partition}"),
+        )),
+        Some(Some(replicas)) => Ok(replicas),
+    }
+}
+
+async fn transfer_leader(s: &Services, r: &TransferLeaderRequest) -> TransferLeaderResponse {
+    let failed = |error: Option<Error>| TransferLeaderResponse {
+        leader_id: error.as_ref().map_or(0, |e| e.leader_id),
+        error,
+    };
+    let replicas = match replicas_of(s, &r.topic, r.partition) {
+        Ok(replicas) => replicas,
+        Err(e) => return failed(e),
+    };
+    if !replicas.contains(&r.to) {
+        return failed(error(
+            ErrorCode::NotAReplica,
+            format!(
+                "broker {} holds no replica of {}/{}; pick one of its replicas {replicas:?}",
+                r.to, r.topic, r.partition
+            ),
+        ));
+    }
+    match s
+        .partitions
+        .transfer_leader(&r.topic, r.partition, r.to, r.timeout_ms)
+        .await
+    {
+        Ok(leader_id) => TransferLeaderResponse {
+            error: None,
+            leader_id,
+        },
+        Err(e) => failed(partition_error(e)),
     }
 }
 

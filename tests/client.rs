@@ -197,7 +197,10 @@ async fn admin_calls() {
     let t = admin.describe_topic("a").await.unwrap();
     assert_eq!(t.partitions.len(), 2);
     assert_eq!(t.partitions[1].replicas.len(), 3);
-    assert_eq!(t.partitions[1].high_watermark, o + 1);
+    // o + 1, or more if leadership moved since (the preferred replica
+    // takes it back after about a second), each new leader appending its
+    // own control batch.
+    assert!(t.partitions[1].high_watermark > o, "{t:?}");
     assert!(t.partitions[1].size_bytes > 0);
     assert_eq!(t.config["retention.ms"], "60000");
     let mut set = BTreeMap::new();
@@ -216,7 +219,10 @@ async fn admin_calls() {
         .await
         .unwrap()
         .is_empty());
-    assert_eq!(consumer.position("a", 1), Some(o + 1));
+    // Latest is the high watermark: past the record (further if a new
+    // leader appended its control batch since, see above).
+    let latest = consumer.position("a", 1).expect("a position");
+    assert!(latest > o, "{latest} {o}");
     consumer.seek("a", 1, StartAt::Timestamp(0));
     let got = consumer.poll(Duration::from_secs(5)).await.unwrap();
     assert_eq!(got.len(), 1);

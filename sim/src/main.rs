@@ -39,12 +39,12 @@ struct Args {
     /// must acknowledge a write (the `unavailable` check).
     #[arg(long, default_value_t = 20)]
     available_within: u64,
-    /// Faults to draw from: isolate, split, crash, delay, power, disk,
+    /// Faults to draw from: isolate, split, bridge, crash, delay, power, disk,
     /// transfer, pause, lossy; or "none".
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "isolate,split,crash,delay,power,transfer,pause,lossy"
+        default_value = "isolate,split,bridge,crash,delay,power,transfer,pause,lossy"
     )]
     faults: Vec<String>,
     #[arg(long, default_value_t = 3)]

@@ -17,6 +17,11 @@ pub enum FaultKind {
     Isolate,
     /// Split the brokers into a random minority and majority.
     Split,
+    /// Jepsen's bridge: two halves that cannot reach each other, and one
+    /// broker in the middle that reaches both (so each half sees a
+    /// majority through it, and a leader on one side keeps a quorum that
+    /// the other side's replicas cannot see).
+    Bridge,
     /// Crash a broker (unsynced writes are lost), restart it at the heal.
     Crash,
     /// Slow every link of one broker; also draws the run's base latency.
@@ -42,9 +47,10 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Isolate,
         FaultKind::Split,
+        FaultKind::Bridge,
         FaultKind::Crash,
         FaultKind::Delay,
         FaultKind::Power,
@@ -56,9 +62,10 @@ impl FaultKind {
 
     /// The default set: all but `Disk`, whose storage errors still make
     /// raft-rs panic in a broker (see docs/simulation.md).
-    pub const DEFAULT: [FaultKind; 8] = [
+    pub const DEFAULT: [FaultKind; 9] = [
         FaultKind::Isolate,
         FaultKind::Split,
+        FaultKind::Bridge,
         FaultKind::Crash,
         FaultKind::Delay,
         FaultKind::Power,
@@ -71,6 +78,7 @@ impl FaultKind {
         match self {
             FaultKind::Isolate => "isolate",
             FaultKind::Split => "split",
+            FaultKind::Bridge => "bridge",
             FaultKind::Crash => "crash",
             FaultKind::Delay => "delay",
             FaultKind::Power => "power",
@@ -301,7 +309,9 @@ impl Nemesis {
             in_force.is_empty()
                 || (k != FaultKind::Power
                     && !in_force.contains(&k)
-                    && !(k == FaultKind::Isolate && in_force.contains(&FaultKind::Split)))
+                    // Every cut counts as a split: never two at once.
+                    && !(matches!(k, FaultKind::Isolate | FaultKind::Bridge)
+                        && in_force.contains(&FaultKind::Split)))
         };
         let weights: Vec<(FaultKind, f64)> = self
             .plan
@@ -386,6 +396,18 @@ impl Nemesis {
                 let minority = self.rng.gen_range(1..=(self.brokers as usize - 1) / 2 + 1);
                 let rest = all.split_off(minority.min(all.len() - 1));
                 Active::Cut(all, rest)
+            }
+            FaultKind::Bridge => {
+                // The bridge is cut from no one; the rest split in halves
+                // with every link between the halves cut.
+                let mut all: Vec<u64> = (1..=self.brokers).collect();
+                all.shuffle(&mut self.rng);
+                let mut rest = all.split_off(1);
+                if rest.len() < 2 {
+                    return None;
+                }
+                let right = rest.split_off(rest.len() / 2);
+                Active::Cut(rest, right)
             }
             FaultKind::Crash => Active::Crashed(self.random_broker()?),
             FaultKind::Power => Active::PowerLoss,

@@ -1,5 +1,6 @@
 //! The fault kinds and workload actions beyond crashes and partitions fire
-//! and the checkers pass: leadership transfers, pauses, lossy links, two
+//! and the checkers pass: leadership transfers, pauses, lossy links, a
+//! bridge partition, two
 //! faults at once, and the topic an admin client creates mid-run (whose
 //! partitions the checkers cover like the first topic's).
 
@@ -40,6 +41,21 @@ fn new_faults_fire_and_the_checkers_pass() {
     first_firing(&[Transfer], ": done");
     first_firing(&[Pause], "nemesis resume b");
     first_firing(&[Lossy], "nemesis lossless b");
+    // A bridge: the cut leaves one broker out of both sides (3 brokers:
+    // one on each side, one reaching both).
+    let r = first_firing(&[Bridge], "nemesis partition");
+    let line = r
+        .trace
+        .lines
+        .iter()
+        .find(|l| l.contains("nemesis partition"))
+        .expect("a bridge line");
+    let sides = line.split("nemesis partition").nth(1).unwrap_or_default();
+    let cut: usize = sides
+        .split('|')
+        .map(|side| side.matches(|c: char| c.is_ascii_digit()).count())
+        .sum();
+    assert_eq!(cut, 2, "{line}");
     let r = first_firing(&[Crash, Split, Pause], "nemesis overlap:");
     // The new topic was used and its acknowledged writes were checked.
     let line = r

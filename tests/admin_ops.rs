@@ -198,6 +198,26 @@ async fn acks_modes_and_long_poll() {
     assert!(all.error.is_none() && all.base_offset > one.base_offset);
 
     // A fetch at the end waits (long poll) and returns once a write commits.
+    // First let leadership settle on the preferred replica (the first in
+    // the assignment), where the driver hands it back about a second after
+    // the first election: a move would append a new leader's control batch
+    // at the end and answer the poll.
+    let leader = eventually(20, "the preferred replica to lead", || async {
+        let Resp::Metadata(m) = call(
+            &c,
+            Req::Metadata(MetadataRequest {
+                topics: vec!["acks".into()],
+            }),
+        )
+        .await
+        else {
+            return None;
+        };
+        let p = m.topics.first()?.partitions.first()?;
+        (p.leader_id != 0 && Some(&p.leader_id) == p.replicas.first()).then_some(p.leader_id)
+    })
+    .await;
+    let c = cluster.connect(leader).await;
     let Resp::ListOffsets(end) = call(
         &c,
         Req::ListOffsets(ListOffsetsRequest {
@@ -225,7 +245,7 @@ async fn acks_modes_and_long_poll() {
         max_bytes: 1 << 16,
     });
     let waiting = {
-        let c2 = cluster.connect(leaders(&cluster, "acks", 1).await[0]).await;
+        let c2 = cluster.connect(leader).await;
         tokio::spawn(async move { c2.request(fetch, TIMEOUT).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;

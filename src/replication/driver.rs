@@ -26,7 +26,7 @@
 //!
 //! Quiescence: an idle partition costs no CPU and sends nothing. A leader
 //! whose followers all hold its whole log, committed, and whose brokers are
-//! all live, stops ticking after [`DriverConfig::quiesce_after_ticks`]
+//! all live, stops ticking after [`DriverConfig::quiesce_after_ms`]
 //! (so no more heartbeats); a follower stops ticking while its leader's
 //! broker keeps confirming, in the leader reports it sends every broker
 //! once for all its groups, that it leads this group at this term (so no
@@ -96,10 +96,13 @@ pub struct DriverConfig {
     /// Election timeouts are drawn from `[election_tick_min, election_tick_max)`.
     pub election_tick_min: usize,
     pub election_tick_max: usize,
-    /// Ticks a leader stays settled (every follower holds its whole log,
-    /// committed) before it stops ticking: enough for the heartbeats that
-    /// carry the final commit index to go out.
-    pub quiesce_after_ticks: u64,
+    /// How long a leader stays settled (every follower holds its whole
+    /// log, committed) before it stops ticking. Long enough for heartbeats
+    /// carrying the final commit index to go out, and for the broker's
+    /// leader reports (every 500 ms) naming it leader at this term to reach
+    /// the followers: until one does, a follower keeps ticking, and without
+    /// heartbeats it would time out and depose an idle, healthy leader.
+    pub quiesce_after_ms: u64,
     /// Whether idle groups stop ticking (the broker setting
     /// `quiesce_idle_groups`, on by default); the broker then hands the
     /// driver its view of the peers ([`Driver::with_liveness`]).
@@ -123,7 +126,7 @@ impl DriverConfig {
             heartbeat_tick: 2,
             election_tick_min: 10,
             election_tick_max: 20,
-            quiesce_after_ticks: 5,
+            quiesce_after_ms: 1_500,
             quiesce: true,
             message_bytes_max: 1024 * 1024,
             inflight_messages_max: 64,
@@ -642,12 +645,11 @@ impl Driver {
             if g.failed.is_some() {
                 continue;
             }
-            let quiet = quiescent(
-                id,
-                g,
-                self.config.quiesce_after_ticks,
-                self.liveness.as_ref(),
-            );
+            let after_ticks = self
+                .config
+                .quiesce_after_ms
+                .div_ceil(self.config.tick_ms.max(1));
+            let quiet = quiescent(id, g, after_ticks, self.liveness.as_ref());
             let changed = quiet != g.quiescent;
             g.quiescent = quiet;
             if !quiet {

@@ -30,16 +30,36 @@ pub fn logger() -> slog::Logger {
     }
 }
 
-/// Free loopback ports (bound and released; a race with other processes is
-/// possible but unlikely).
+/// Loopback ports free right now, never handed out twice in this process.
+/// They come from below the kernel's ephemeral range (32768 and up on
+/// Linux), so a client connection's local port cannot take one between
+/// this check and the broker's bind, and from a process-wide counter, so
+/// tests running in parallel in one binary never get the same port. The
+/// start depends on the process id, so that separate test processes
+/// rarely overlap either.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 97) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..SPAN {
+        if out.len() == n {
+            break;
+        }
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            out.push(port);
+        }
+    }
+    assert_eq!(out.len(), n, "no {n} free loopback ports below 32000");
+    out
 }
 
 pub struct Cluster {

@@ -2,8 +2,11 @@
 //! still fail over: three brokers, a topic of RF 3, one write per
 //! partition; every group on every broker goes quiet; the broker leading a
 //! partition is killed, and the partition elects a new leader, keeps the
-//! acknowledged record and takes new writes. With `quiesce` off no group
-//! ever goes quiet (the counter is not trivially equal).
+//! acknowledged record and takes new writes. Idle leaders stay put: no
+//! election while everything is quiet (a leader that went quiet before its
+//! followers heard its broker's report made them time out and depose it).
+//! With `quiesce` off no group ever goes quiet (the counter is not
+//! trivially equal).
 
 mod common;
 
@@ -90,6 +93,50 @@ async fn idle_groups_go_quiet_and_still_fail_over() {
         .filter_map(|r| r.event.value.as_deref())
         .collect();
     assert_eq!(values, vec![&b"before"[..], &b"after"[..]]);
+}
+
+/// (leader, leader epoch) of every partition of `topic`, as broker 1 sees
+/// them (it hosts a replica of each, so it answers from its own groups).
+async fn leaders_and_epochs(cluster: &Cluster, topic: &str) -> Vec<(u64, u64)> {
+    let c = cluster.connect(1).await;
+    let Resp::Metadata(m) = call(
+        &c,
+        Req::Metadata(MetadataRequest {
+            topics: vec![topic.into()],
+        }),
+    )
+    .await
+    else {
+        panic!("not a metadata answer")
+    };
+    m.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.leader_id, p.leader_epoch))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_leaders_stay_put() {
+    const TOPIC: &str = "still";
+    const PARTITIONS: u32 = 8;
+    let cluster = Cluster::start(3).await;
+    wait_for_cluster(&cluster).await;
+    let a = admin(&cluster, create(TOPIC, PARTITIONS, 3)).await;
+    assert!(a.error.is_none(), "{:?}", a.error);
+    eventually(30, "every group to go quiet", || async {
+        quiet_counts(&cluster)
+            .await
+            .iter()
+            .all(|(groups, quiet)| *groups == PARTITIONS + 1 && quiet == groups)
+            .then_some(())
+    })
+    .await;
+    let before = leaders_and_epochs(&cluster, TOPIC).await;
+    assert!(before.iter().all(|(l, e)| *l != 0 && *e != 0), "{before:?}");
+    // Many election timeouts (10 to 20 ticks of 20 ms) of silence.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(leaders_and_epochs(&cluster, TOPIC).await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,12 +124,16 @@ fn brokers(s: &Services) -> Vec<BrokerInfo> {
     })
 }
 
-/// The leader of a group as this broker knows it: its own view if it hosts
-/// a replica, else the newest leader report from the peers.
-fn leader_of(s: &Services, group: u64) -> (u64, Vec<u64>) {
+/// The leader of a group and its term as this broker knows them: its own
+/// view if it hosts a replica, else the newest leader report from the
+/// peers; and the in-sync replicas if this broker leads.
+fn leader_of(s: &Services, group: u64) -> (u64, u64, Vec<u64>) {
     match s.partitions.board.get(group) {
-        Some(st) if st.leader != 0 => (st.leader, st.in_sync),
-        _ => (s.view.leader_of(group).0, Vec::new()),
+        Some(st) if st.leader != 0 => (st.leader, st.term, st.in_sync),
+        _ => {
+            let (leader, term) = s.view.leader_of(group);
+            (leader, if leader == 0 { 0 } else { term }, Vec::new())
+        }
     }
 }
 
@@ -162,10 +166,11 @@ fn topic_metadata(s: &Services, name: String) -> TopicMetadata {
         .partitions
         .iter()
         .map(|p| {
-            let (leader_id, in_sync) = leader_of(s, p.group);
+            let (leader_id, leader_epoch, in_sync) = leader_of(s, p.group);
             PartitionMetadata {
                 partition: p.partition,
                 leader_id,
+                leader_epoch,
                 replicas: p.replicas.clone(),
                 in_sync,
                 error: None,

@@ -5,7 +5,7 @@
 //! [`DEFAULT_SEED`], or from `WEIR_TEST_SEED` to explore (or replay) another
 //! sequence of cases. A failure names the seed; rerun the test with it set
 //! to get the same cases, and the same shrunk counterexample, again.
-//! (`sim/src/seeded.rs` is the same for the simulator crate.)
+//! (`sim/src/seeded.rs` includes this file for the simulator's tests.)
 
 use quickcheck::{Gen, QuickCheck, Testable};
 

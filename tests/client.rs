@@ -1,7 +1,8 @@
 //! The client library against an in-process three-broker cluster: the
 //! leader is killed during a stream of sends and later restarts; no
 //! acknowledged send is lost and the consumer, reading all along, skips no
-//! record. Also the admin client's calls.
+//! record. Also the admin client's calls, and a consumer reading two
+//! leaders at once.
 
 mod common;
 
@@ -280,4 +281,68 @@ async fn delivery_timeout_fails_the_send_clearly() {
     let big = ProducerRecord::new("t", vec![0u8; 2 * 1024 * 1024]);
     let e = producer.send(big).await.unwrap_err();
     assert!(e.to_string().contains("exceeds the limit"), "{e}");
+}
+
+/// A poll returns the records one leader has without waiting out another
+/// leader's long poll (the consumer keeps each leader's fetch in flight
+/// across polls instead of waiting for every answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_from_one_leader_do_not_wait_for_another_leaders_long_poll() {
+    let cluster = Cluster::start(3).await;
+    wait_for_cluster(&cluster).await;
+    let a = admin(&cluster, create("spread", 3, 1)).await;
+    assert!(a.error.is_none(), "{:?}", a.error);
+    let leaders = leaders(&cluster, "spread", 3).await;
+    // Partition 0 and another one led by a different broker.
+    let other = leaders[1..].iter().position(|l| *l != leaders[0]);
+    let (quiet, busy) = (0u32, 1 + other.expect("two leaders") as u32);
+    assert_ne!(leaders[quiet as usize], leaders[busy as usize]);
+
+    // Long polls far longer than the bound asserted below.
+    let long_poll = Duration::from_secs(20);
+    let config = ClientConfig {
+        bootstrap: cluster
+            .configs
+            .keys()
+            .map(|id| cluster.client_addr(*id))
+            .collect(),
+        request_timeout: Duration::from_secs(30),
+        ..ClientConfig::default()
+    };
+    let mut consumer = Consumer::new(
+        Client::with_network(cluster.net.clone(), config),
+        ConsumerConfig {
+            fetch_max_wait: long_poll,
+            ..ConsumerConfig::default()
+        },
+    );
+    consumer
+        .assign("spread", quiet, StartAt::Latest)
+        .await
+        .unwrap();
+    consumer
+        .assign("spread", busy, StartAt::Latest)
+        .await
+        .unwrap();
+    // Both long polls are now in flight (nothing to read yet).
+    assert!(consumer
+        .poll(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_empty());
+
+    let producer = Producer::new(client(&cluster), ProducerConfig::default());
+    producer
+        .send_wait(ProducerRecord::new("spread", "now").partition(busy))
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let got = consumer.poll(Duration::from_secs(60)).await.unwrap();
+    let waited = start.elapsed();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].partition, busy);
+    // The quiet partition's leader holds its poll for 20 s; the record
+    // must not wait for it (a generous bound: this checks behaviour, not
+    // speed).
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
 }

@@ -67,7 +67,15 @@ struct Assigned {
     start: StartAt,
     /// The next offset to fetch, once resolved.
     position: Option<i64>,
+    /// Bumped by `seek`: an answer to a fetch sent before it is stale.
+    epoch: u64,
+    /// A fetch of this partition is in flight.
+    fetching: bool,
 }
+
+/// A fetch in flight to one leader: the partitions it asked for, with the
+/// epoch of each at sending, and the answer.
+type FetchDone = (Vec<(FetchPartition, u64)>, Result<Resp, Error>);
 
 /// The consumer.
 #[derive(Debug)]
@@ -76,6 +84,11 @@ pub struct Consumer {
     config: ConsumerConfig,
     assigned: BTreeMap<(String, u32), Assigned>,
     buffered: VecDeque<ConsumerRecord>,
+    /// At most one fetch per partition, kept across polls: a poll returns
+    /// as soon as any leader's answer brings records, while the other
+    /// leaders' long polls go on (a later poll takes their answers) instead
+    /// of holding those records back. Aborted when the consumer is dropped.
+    in_flight: tokio::task::JoinSet<FetchDone>,
 }
 
 /// Partitions a consumer may be assigned at most.
@@ -88,6 +101,7 @@ impl Consumer {
             config,
             assigned: BTreeMap::new(),
             buffered: VecDeque::new(),
+            in_flight: tokio::task::JoinSet::new(),
         }
     }
 
@@ -135,14 +149,22 @@ impl Consumer {
                 "a consumer reads {ASSIGNED_MAX} partitions at most"
             )));
         }
+        let key = (topic.to_string(), partition);
+        // Assigned again: a fetch sent for the old assignment must not count.
+        let (epoch, fetching) = self
+            .assigned
+            .get(&key)
+            .map_or((0, false), |a| (a.epoch + 1, a.fetching));
         self.assigned.insert(
-            (topic.to_string(), partition),
+            key,
             Assigned {
                 start,
                 position: match start {
                     StartAt::Offset(o) if o >= 0 => Some(o),
                     _ => None,
                 },
+                epoch,
+                fetching,
             },
         );
         Ok(())
@@ -157,6 +179,7 @@ impl Consumer {
     pub fn seek(&mut self, topic: &str, partition: u32, start: StartAt) {
         if let Some(a) = self.assigned.get_mut(&(topic.to_string(), partition)) {
             a.start = start;
+            a.epoch += 1;
             a.position = match start {
                 StartAt::Offset(o) if o >= 0 => Some(o),
                 _ => None,
@@ -185,25 +208,48 @@ impl Consumer {
             if self.assigned.is_empty() {
                 return Ok(Vec::new());
             }
-            let progressed = self.fetch_round(deadline).await?;
-            if !self.buffered.is_empty() {
+            self.resolve_positions().await?;
+            self.send_fetches(deadline).await?;
+            let now = Instant::now();
+            if self.in_flight.is_empty() {
+                // No leader known for anything: look again shortly.
+                if now >= deadline {
+                    return Ok(Vec::new());
+                }
+                tokio::time::sleep(Duration::from_millis(100).min(deadline - now)).await;
                 continue;
             }
-            let now = Instant::now();
-            if now >= deadline {
+            // Fetches still in flight at the deadline stay in flight: a
+            // later poll takes their answers.
+            let Ok(Some(done)) =
+                tokio::time::timeout_at(deadline, self.in_flight.join_next()).await
+            else {
                 return Ok(Vec::new());
-            }
-            if !progressed {
-                let pause = Duration::from_millis(100).min(deadline - now);
-                tokio::time::sleep(pause).await;
+            };
+            let answered = match done {
+                Ok((asked, answer)) => self.take_answer(asked, answer).await?,
+                Err(_) => {
+                    // A fetch task panicked or was aborted: which partitions
+                    // it held is unknown, so fetch every partition afresh
+                    // and let no older answer count.
+                    self.in_flight.abort_all();
+                    for a in self.assigned.values_mut() {
+                        a.epoch += 1;
+                        a.fetching = false;
+                    }
+                    false
+                }
+            };
+            let now = Instant::now();
+            if !answered && now < deadline {
+                // The leader could not be reached: not in a tight loop.
+                tokio::time::sleep(Duration::from_millis(100).min(deadline - now)).await;
             }
         }
     }
 
-    /// Resolves positions, then fetches once from every leader. Returns
-    /// whether any fetch got an answer.
-    async fn fetch_round(&mut self, deadline: Instant) -> Result<bool, Error> {
-        // Resolve starting positions.
+    /// Finds the starting offset of every partition that has none yet.
+    async fn resolve_positions(&mut self) -> Result<(), Error> {
         let unresolved: Vec<(String, u32, StartAt)> = self
             .assigned
             .iter()
@@ -234,14 +280,20 @@ impl Consumer {
                 Err(e) => return Err(e),
             }
         }
-        // Group by leader.
-        let mut by_leader: BTreeMap<u64, Vec<FetchPartition>> = BTreeMap::new();
-        let wanted: Vec<(String, u32, i64)> = self
+        Ok(())
+    }
+
+    /// Sends one fetch per leader for every partition with a position and
+    /// no fetch in flight.
+    async fn send_fetches(&mut self, deadline: Instant) -> Result<(), Error> {
+        let mut by_leader: BTreeMap<u64, Vec<(FetchPartition, u64)>> = BTreeMap::new();
+        let wanted: Vec<(String, u32, i64, u64)> = self
             .assigned
             .iter()
-            .filter_map(|((t, p), a)| a.position.map(|o| (t.clone(), *p, o)))
+            .filter(|(_, a)| !a.fetching)
+            .filter_map(|((t, p), a)| a.position.map(|o| (t.clone(), *p, o, a.epoch)))
             .collect();
-        for (topic, partition, offset) in wanted {
+        for (topic, partition, offset, epoch) in wanted {
             let leader = match self.client.leader(&topic, partition) {
                 Some(l) => l,
                 None => match self.client.refresh_topic(&topic).await {
@@ -253,61 +305,79 @@ impl Consumer {
                     Err(e) => return Err(e),
                 },
             };
-            by_leader.entry(leader).or_default().push(FetchPartition {
+            let fp = FetchPartition {
                 topic,
                 partition,
                 offset,
                 max_bytes: self.config.partition_max_bytes,
                 replica_read: false,
-            });
-        }
-        if by_leader.is_empty() {
-            return Ok(false);
+            };
+            by_leader.entry(leader).or_default().push((fp, epoch));
         }
         let wait = self
             .config
             .fetch_max_wait
             .min(deadline.saturating_duration_since(Instant::now()));
-        let mut tasks = Vec::new();
-        for (leader, partitions) in by_leader {
+        for (leader, asked) in by_leader {
+            for (fp, _) in &asked {
+                if let Some(a) = self.assigned.get_mut(&(fp.topic.clone(), fp.partition)) {
+                    a.fetching = true;
+                }
+            }
             let client = self.client.clone();
             let req = Req::Fetch(FetchRequest {
-                partitions: partitions.clone(),
+                partitions: asked.iter().map(|(fp, _)| fp.clone()).collect(),
                 max_wait_ms: wait.as_millis() as u32,
                 min_bytes: 1,
                 max_bytes: self.config.fetch_max_bytes,
             });
-            tasks.push((
-                partitions,
-                tokio::spawn(async move {
-                    let conn = client.broker(leader).await?;
-                    client.call(&conn, req).await
-                }),
-            ));
+            self.in_flight.spawn(async move {
+                let answer = match client.broker(leader).await {
+                    Ok(conn) => client.call(&conn, req).await,
+                    Err(e) => Err(e),
+                };
+                (asked, answer)
+            });
         }
-        let mut progressed = false;
-        for (partitions, task) in tasks {
-            let answer = match task.await {
-                Ok(a) => a,
-                Err(e) => Err(Error::Transport(format!("fetch task failed: {e}"))),
-            };
-            match answer {
-                Ok(Resp::Fetch(f)) => {
-                    progressed = true;
-                    for fp in f.partitions {
+        Ok(())
+    }
+
+    /// Takes one fetch's answer; false if the leader could not be asked.
+    /// Partitions sought since the fetch was sent ignore it.
+    async fn take_answer(
+        &mut self,
+        asked: Vec<(FetchPartition, u64)>,
+        answer: Result<Resp, Error>,
+    ) -> Result<bool, Error> {
+        for (fp, _) in &asked {
+            if let Some(a) = self.assigned.get_mut(&(fp.topic.clone(), fp.partition)) {
+                a.fetching = false;
+            }
+        }
+        match answer {
+            Ok(Resp::Fetch(f)) => {
+                for fp in f.partitions {
+                    let key = (fp.topic.clone(), fp.partition);
+                    let sent = asked
+                        .iter()
+                        .find(|(r, _)| r.topic == fp.topic && r.partition == fp.partition)
+                        .map(|(_, epoch)| *epoch);
+                    let current = self.assigned.get(&key).map(|a| a.epoch);
+                    if sent.is_some() && sent == current {
                         self.take(fp).await?;
                     }
                 }
-                Ok(_) => {}
-                Err(e) if e.retriable() => {
-                    for p in partitions {
-                        self.client.set_leader(&p.topic, p.partition, 0);
-                    }
-                }
-                Err(e) => return Err(e),
+                Ok(true)
             }
+            Ok(_) => Ok(true),
+            Err(e) if e.retriable() => {
+                for (fp, _) in asked {
+                    self.client.set_leader(&fp.topic, fp.partition, 0);
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
-        Ok(progressed)
     }
 
     async fn list_offset(&self, topic: &str, partition: u32, ts: i64) -> Result<i64, Error> {

@@ -6,45 +6,16 @@
 
 mod common;
 
-use common::free_ports;
+use common::{free_ports, spawn_broker_process, BrokerProcess};
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
-struct Broker {
-    child: Child,
-    bootstrap: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_broker() -> Broker {
-    let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(2);
-    let bootstrap = format!("127.0.0.1:{}", ports[0]);
-    let child = Command::new(WEIR)
-        .args(["broker", "--log-level", "warn", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(["--listen", &bootstrap])
-        .args(["--peer-listen", &format!("127.0.0.1:{}", ports[1])])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("weir broker starts");
-    let b = Broker {
-        child,
-        bootstrap,
-        _dir: dir,
-    };
+fn start_broker() -> BrokerProcess {
+    let b = spawn_broker_process();
     wait_ready(&b.bootstrap, 1);
     b
 }

@@ -62,6 +62,44 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     out
 }
 
+/// A `weir broker` process (the built binary) with a fresh data directory
+/// and free ports, killed when dropped. Callers wait for it to be ready in
+/// their own way.
+pub struct BrokerProcess {
+    child: std::process::Child,
+    pub bootstrap: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `weir broker` with default settings on free loopback ports.
+pub fn spawn_broker_process() -> BrokerProcess {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let bootstrap = format!("127.0.0.1:{}", ports[0]);
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["broker", "--log-level", "warn", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", &bootstrap])
+        .args(["--peer-listen", &format!("127.0.0.1:{}", ports[1])])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("weir broker starts");
+    BrokerProcess {
+        child,
+        bootstrap,
+        _dir: dir,
+    }
+}
+
 pub struct Cluster {
     pub dirs: tempfile::TempDir,
     pub configs: BTreeMap<u64, BrokerConfig>,

@@ -53,7 +53,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use turmoil::fs::shim::std::fs as simfs;
-use weir::io::{Disk, DiskFile, OpenMode};
+use weir::io::{Disk, DiskFile, FileSync, OpenMode, SyncHandle};
 
 /// The current turmoil host's simulated filesystem.
 #[derive(Debug, Default, Clone)]
@@ -224,6 +224,26 @@ impl Disk for SimDisk {
     }
 }
 
+/// A [`SimFile`]'s sync handle. The simulation runs one host at a time on
+/// one thread, so nothing appends between the sync and the note that the
+/// file is clean.
+#[derive(Debug)]
+struct SimSync {
+    file: simfs::File,
+    path: PathBuf,
+    unsynced: Arc<Mutex<Unsynced>>,
+}
+
+impl FileSync for SimSync {
+    fn sync(&self) -> io::Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| with_path(e, "fsync", &self.path))?;
+        lock(&self.unsynced).dirty_files.remove(&self.path);
+        Ok(())
+    }
+}
+
 impl SimFile {
     fn mark_dirty(&self) {
         lock(&self.unsynced).dirty_files.insert(self.path.clone());
@@ -259,6 +279,18 @@ impl DiskFile for SimFile {
             .map_err(|e| with_path(e, "fsync", &self.path))?;
         lock(&self.unsynced).dirty_files.remove(&self.path);
         Ok(())
+    }
+
+    fn sync_handle(&self) -> io::Result<SyncHandle> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| with_path(e, "reopen for fsync", &self.path))?;
+        Ok(Arc::new(SimSync {
+            file,
+            path: self.path.clone(),
+            unsynced: Arc::clone(&self.unsynced),
+        }))
     }
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {

@@ -31,7 +31,7 @@
 //! simulator runs a fault phase, then a quiet phase to check liveness. While
 //! off, no random numbers are drawn.
 
-use super::{Disk, DiskFile, DiskRef, OpenMode};
+use super::{Disk, DiskFile, DiskRef, FileSync, OpenMode, SyncHandle};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::fmt;
@@ -520,12 +520,37 @@ impl DiskFile for FaultyFile {
         self.inner.sync()
     }
 
+    fn sync_handle(&self) -> io::Result<SyncHandle> {
+        Ok(Arc::new(FaultySync {
+            inner: self.inner.sync_handle()?,
+            path: self.path.clone(),
+            injector: Arc::clone(&self.injector),
+        }))
+    }
+
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.inner.truncate(len)
     }
 
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
+    }
+}
+
+/// A [`FaultyFile`]'s sync handle: the same injected sync failures.
+#[derive(Debug)]
+struct FaultySync {
+    inner: SyncHandle,
+    path: PathBuf,
+    injector: Arc<Injector>,
+}
+
+impl FileSync for FaultySync {
+    fn sync(&self) -> io::Result<()> {
+        if self.injector.fires(FaultKind::SyncEio) {
+            return Err(injected(FaultKind::SyncEio, &self.path, None));
+        }
+        self.inner.sync()
     }
 }
 
@@ -600,6 +625,10 @@ mod tests {
         fn sync(&self) -> io::Result<()> {
             self.syncs.fetch_add(1, Ordering::Relaxed);
             self.inner.sync()
+        }
+        fn sync_handle(&self) -> io::Result<SyncHandle> {
+            // Not counted: these tests sync through the file.
+            self.inner.sync_handle()
         }
         fn truncate(&mut self, len: u64) -> io::Result<()> {
             self.inner.truncate(len)

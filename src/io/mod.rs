@@ -90,11 +90,25 @@ pub trait DiskFile: Send + Sync + Debug {
     fn append(&mut self, data: &[u8]) -> io::Result<()>;
     /// Makes the file's data and size durable (fsync).
     fn sync(&self) -> io::Result<()>;
+    /// A handle that syncs this file without borrowing it, so that a sync
+    /// can run on another task while the owner goes on appending (the
+    /// driver appends the next round's entries while the last round's
+    /// fsync runs). A sync through it covers at least every append made
+    /// before the call; it fails as [`DiskFile::sync`] would.
+    fn sync_handle(&self) -> io::Result<SyncHandle>;
     /// Sets the file's length (the log only ever shrinks it).
     fn truncate(&mut self, len: u64) -> io::Result<()>;
     /// The file's current length in bytes.
     fn len(&self) -> io::Result<u64>;
 }
+
+/// Syncs one open file; see [`DiskFile::sync_handle`].
+pub trait FileSync: Send + Sync + Debug {
+    fn sync(&self) -> io::Result<()>;
+}
+
+/// A shared [`FileSync`].
+pub type SyncHandle = std::sync::Arc<dyn FileSync>;
 
 /// Reads exactly `buf.len()` bytes at `pos`, retrying short reads. Hitting the
 /// end of the file first is an `UnexpectedEof` error.

@@ -1,10 +1,11 @@
 //! The real disk: `std::fs` files with real fsync and directory fsync.
 
-use super::{Disk, DiskFile, OpenMode};
+use super::{Disk, DiskFile, FileSync, OpenMode, SyncHandle};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Files on the machine's filesystem.
 #[derive(Debug, Default, Clone, Copy)]
@@ -12,7 +13,9 @@ pub struct RealDisk;
 
 #[derive(Debug)]
 struct RealFile {
-    file: File,
+    /// Shared with the sync handles: fsync on any descriptor of a file
+    /// syncs the file.
+    file: Arc<File>,
     /// Cached length: appends are the only writes, so the end is known
     /// without a metadata call per append.
     len: u64,
@@ -33,7 +36,10 @@ impl Disk for RealDisk {
         }
         let file = opts.open(path).map_err(|e| with_path(e, "open", path))?;
         let len = file.metadata()?.len();
-        Ok(Box::new(RealFile { file, len }))
+        Ok(Box::new(RealFile {
+            file: Arc::new(file),
+            len,
+        }))
     }
 
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -102,6 +108,10 @@ impl DiskFile for RealFile {
         self.file.sync_data()
     }
 
+    fn sync_handle(&self) -> io::Result<SyncHandle> {
+        Ok(Arc::new(RealSync(Arc::clone(&self.file))))
+    }
+
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)?;
         self.len = len;
@@ -116,7 +126,17 @@ impl DiskFile for RealFile {
 impl Drop for RealFile {
     fn drop(&mut self) {
         // Nothing buffered in user space: appends go straight to the kernel.
-        let _ = self.file.flush();
+        let _ = (&*self.file).flush();
+    }
+}
+
+/// [`RealFile`]'s sync handle.
+#[derive(Debug)]
+struct RealSync(Arc<File>);
+
+impl FileSync for RealSync {
+    fn sync(&self) -> io::Result<()> {
+        self.0.sync_data()
     }
 }
 

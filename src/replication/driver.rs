@@ -2,20 +2,31 @@
 //! on it (the partitions' and the controller's).
 //!
 //! One loop, in raft-rs's order (see raft-rs `examples/five_mem_node`), but
-//! for all groups at once so that disk syncs and network sends are shared:
+//! for all groups at once so that disk syncs and network sends are shared,
+//! and with persistence pipelined (raft-rs's async Ready):
 //!
 //! 1. Take inputs: proposals, Raft messages from peers, groups to add or
-//!    remove; or a tick, which ticks every group.
-//! 2. For every group with a Ready: send the messages that need no local
+//!    remove; or a tick, which ticks every group; or a finished sync.
+//! 2. For every group with a Ready: queue the messages that need no local
 //!    persistence (a leader's appends), install a snapshot, append the new
 //!    entries to the group's log (not yet synced), note the hard state, and
-//!    handle newly committed entries.
-//! 3. Sync every log touched in this round: one group commit. Nothing that
-//!    depends on those entries has left the broker yet.
-//! 4. For every such group: send the messages that required persistence
-//!    (votes, append responses), advance, handle the light ready, answer
-//!    acks=1 producers whose entries are now durable.
+//!    handle newly committed entries (raft-rs hands out only entries this
+//!    replica has persisted).
+//! 3. Hand the Ready to raft-rs with `advance_append_async`, keeping its
+//!    persisted messages (votes, append responses) back until the group
+//!    commit that covers it is done. The persister task runs one group
+//!    commit at a time: an fsync of every log appended to since the last
+//!    one, then any changed term or vote. A Ready with nothing to sync and
+//!    nothing before it syncing finishes at once (`advance`).
+//! 4. When a group commit is done: `on_persist_ready`, send the messages
+//!    that waited for it, answer acks=1 producers; a failed sync stops the
+//!    group instead (fail-stop), and nothing that waited for it leaves.
 //! 5. Flush outgoing messages, one batch per destination broker.
+//!
+//! So a leader's appends leave before its own fsync, which then runs
+//! alongside the followers'; the next round's entries are appended while
+//! the last round's fsync runs; and a fetch never waits for an fsync, which
+//! holds no lock of the log's.
 //!
 //! Determinism: raft-rs draws each randomized election timeout from
 //! `thread_rng`. The driver watches every group's (term, role, leader) after
@@ -361,6 +372,8 @@ struct Group {
     seen: (u64, StateRole, u64),
     waiting_commit: BTreeMap<u64, Waiter>,
     waiting_persist: VecDeque<(u64, Waiter)>,
+    /// Readies handed to raft-rs but not yet durable, oldest first.
+    unpersisted: VecDeque<Unpersisted>,
     /// Successful answers of this round, sent once the round's status is
     /// published, so a writer that reads right after its ack sees its write.
     answers: Vec<(oneshot::Sender<ProposeResult>, ProposeResult)>,
@@ -398,6 +411,73 @@ pub struct Driver {
     /// Groups with appends not yet fsynced (fsync interval or never).
     unsynced: std::collections::BTreeSet<u64>,
     last_fsync: tokio::time::Instant,
+    persist: Persist,
+}
+
+/// The driver's side of the persister task, which runs one group commit
+/// at a time while the driver goes on: the leader's appends leave before
+/// its own fsync, the next round's entries are appended during it, and
+/// fetches read meanwhile (the fsync holds no lock of the log's).
+struct Persist {
+    jobs: mpsc::Sender<PersistJob>,
+    done: mpsc::Receiver<PersistDone>,
+    /// The persister's ends, until `run` starts it.
+    task_ends: Option<(mpsc::Receiver<PersistJob>, mpsc::Sender<PersistDone>)>,
+    /// The job being synced.
+    in_flight: Option<u64>,
+    /// The id the next job will have: readies handed off now wait for it.
+    next_job: u64,
+    /// Logs the next job syncs.
+    next_logs: std::collections::BTreeSet<u64>,
+    /// The next job also saves every log's commit index.
+    flush_commit: bool,
+}
+
+/// One group commit: sync these logs' entries (if `sync_data`), then any
+/// changed term or vote; with `flush_commit`, also save commit indexes.
+struct PersistJob {
+    id: u64,
+    sync_data: bool,
+    logs: Vec<(u64, RaftLog)>,
+    flush_commit: Vec<RaftLog>,
+}
+
+/// A job done: the groups whose log failed (fail-stop for them).
+struct PersistDone {
+    id: u64,
+    failed: Vec<(u64, String)>,
+}
+
+/// A Ready handed to raft-rs with `advance_append_async`, waiting for job
+/// `job`: once that is durable, raft-rs hears `on_persist_ready(number)`
+/// and `messages` (votes, append responses) may leave.
+struct Unpersisted {
+    number: u64,
+    job: u64,
+    messages: Vec<Message>,
+}
+
+/// The persister task: runs the driver's jobs in order, one at a time.
+async fn persister(mut jobs: mpsc::Receiver<PersistJob>, done: mpsc::Sender<PersistDone>) {
+    while let Some(job) = jobs.recv().await {
+        let failed = blocking(|| {
+            let mut failed = Vec::new();
+            for (id, log) in &job.logs {
+                if let Err(e) = log.sync_with(job.sync_data) {
+                    failed.push((*id, e.to_string()));
+                }
+            }
+            // Only logs whose commit moved write anything; a failure here
+            // surfaces at the log's next sync.
+            for log in &job.flush_commit {
+                let _ = log.flush_commit();
+            }
+            failed
+        });
+        if done.send(PersistDone { id: job.id, failed }).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Ticks between checks that leadership sits with the preferred replica.
@@ -424,6 +504,19 @@ impl Driver {
         let (changed, watch_rx) = watch::channel(0);
         let board = Arc::new(Mutex::new(BTreeMap::new()));
         let rng = ChaCha8Rng::seed_from_u64(config.seed);
+        // One job in flight and one more queued at most: the driver sends
+        // the next only after the last is done.
+        let (jobs, jobs_rx) = mpsc::channel(2);
+        let (done_tx, done) = mpsc::channel(2);
+        let persist = Persist {
+            jobs,
+            done,
+            task_ends: Some((jobs_rx, done_tx)),
+            in_flight: None,
+            next_job: 1,
+            next_logs: Default::default(),
+            flush_commit: false,
+        };
         let driver = Driver {
             config,
             groups: BTreeMap::new(),
@@ -440,6 +533,7 @@ impl Driver {
             touched: Default::default(),
             unsynced: Default::default(),
             last_fsync: tokio::time::Instant::now(),
+            persist,
         };
         let status = StatusBoard {
             groups: board,
@@ -459,19 +553,28 @@ impl Driver {
     pub async fn run(mut self) {
         let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if let Some((jobs, done)) = self.persist.task_ends.take() {
+            tokio::spawn(persister(jobs, done));
+        }
         loop {
             // Ticks first: a flood of inputs must not starve elections and
-            // heartbeats.
+            // heartbeats. Then finished syncs, which free acks and
+            // responses. Groups left with a Ready get another round as soon
+            // as nothing else is waiting.
+            let more = !self.touched.is_empty();
             let stop = tokio::select! {
                 biased;
                 _ = ticker.tick() => { self.tick(); None }
+                Some(done) = self.persist.done.recv() => { self.on_persisted(done); None }
                 input = self.inputs.recv() => match input {
                     None => Some(None),
                     Some(input) => self.take_inputs(input),
                 },
+                _ = std::future::ready(()), if more => None,
             };
             self.round();
             if let Some(done) = stop {
+                self.finish_persisting().await;
                 self.shutdown();
                 if let Some(done) = done {
                     let _ = done.send(());
@@ -544,6 +647,7 @@ impl Driver {
             seen,
             waiting_commit: BTreeMap::new(),
             waiting_persist: VecDeque::new(),
+            unpersisted: VecDeque::new(),
             answers: Vec::new(),
             failed: None,
             status: GroupStatus::default(),
@@ -662,26 +766,15 @@ impl Driver {
         if self.ticks.is_multiple_of(PREFERRED_LEADER_CHECK_TICKS) {
             self.restore_preferred_leaders();
         }
-        if matches!(self.config.fsync, FsyncPolicy::IntervalMs(_)) && !self.unsynced.is_empty() {
-            // An interval elapsed with appends left unsynced and no round
-            // to carry them: sync them now.
-            let mut none = Vec::new();
-            self.sync_all(&mut none);
-        }
         let always = self.config.fsync == FsyncPolicy::Always;
         if always && self.ticks.is_multiple_of(COMMIT_FLUSH_TICKS) {
             // With fsync other than always, the commit index is saved only
             // with term and vote changes and at shutdown: saving it syncs
             // the log, which those settings exist to avoid.
-            // Only logs whose commit moved write anything (a sync and the
-            // hard state file); a failure here surfaces at the next sync.
-            let logs: Vec<RaftLog> = self.groups.values().map(|g| g.log.clone()).collect();
-            blocking(|| {
-                for log in &logs {
-                    let _ = log.flush_commit();
-                }
-            });
+            self.persist.flush_commit = true;
         }
+        // The round after this tick submits the flush, and, with fsync
+        // interval, the appends left unsynced once the interval elapsed.
     }
 
     /// Notices role, term and leader changes: redraws the election timeout
@@ -738,16 +831,13 @@ impl Driver {
             })
             .copied()
             .collect();
-        let mut readies = Vec::with_capacity(ids.len());
+        let sync_entries = self.config.fsync == FsyncPolicy::Always;
         for id in ids {
             if let Some(rd) = self.persist_ready(id, now_ms) {
-                readies.push((id, rd));
+                self.hand_off(id, rd, sync_entries);
             }
         }
-        self.sync_all(&mut readies);
-        for (id, rd) in readies {
-            self.finish_ready(id, rd);
-        }
+        self.submit_persist();
         touched.append(&mut self.touched);
         self.check_read_errors(&touched);
         touched.append(&mut self.touched);
@@ -822,33 +912,122 @@ impl Driver {
         Some(rd)
     }
 
-    /// Step 3: one sync per touched log. Runs where blocking is allowed: on
-    /// a multi-threaded runtime the worker hands its other tasks off first.
-    fn sync_all(&mut self, readies: &mut Vec<(u64, raft::Ready)>) {
-        let sync_data = self.fsync_due();
-        if !sync_data {
-            self.unsynced.extend(readies.iter().map(|(id, _)| *id));
+    /// Step 3: hands the Ready's persistence to the persister, or, when
+    /// nothing in it needs a sync and nothing before it is still syncing,
+    /// finishes it now. `sync_entries`: appended entries must be fsynced
+    /// before what depends on them leaves (fsync always).
+    fn hand_off(&mut self, id: u64, mut rd: raft::Ready, sync_entries: bool) {
+        let Some(g) = self.groups.get_mut(&id) else {
+            return;
+        };
+        let needs_sync = (sync_entries && !rd.entries().is_empty()) || g.log.hard_state_dirty();
+        if !needs_sync && g.unpersisted.is_empty() {
+            if !rd.entries().is_empty() {
+                self.unsynced.insert(id);
+            }
+            self.finish_ready(id, rd);
+            return;
         }
-        let mut ids: std::collections::BTreeSet<u64> = readies.iter().map(|(id, _)| *id).collect();
+        if needs_sync {
+            self.persist.next_logs.insert(id);
+        } else if !rd.entries().is_empty() {
+            self.unsynced.insert(id);
+        }
+        g.unpersisted.push_back(Unpersisted {
+            number: rd.number(),
+            job: self.persist.next_job,
+            messages: rd.take_persisted_messages(),
+        });
+        g.node.advance_append_async(rd);
+        // The Ready's committed entries were applied in step 2.
+        g.node.advance_apply();
+    }
+
+    /// Sends the next group commit to the persister, unless one is running
+    /// (its completion calls this again) or there is nothing to sync.
+    fn submit_persist(&mut self) {
+        if self.persist.in_flight.is_some() {
+            return;
+        }
+        let sync_data = self.fsync_due();
         if sync_data {
             // Everything appended since the last data sync is synced now.
-            ids.append(&mut self.unsynced);
+            let mut unsynced = std::mem::take(&mut self.unsynced);
+            self.persist.next_logs.append(&mut unsynced);
         }
+        if self.persist.next_logs.is_empty() && !self.persist.flush_commit {
+            return;
+        }
+        let ids = std::mem::take(&mut self.persist.next_logs);
         let logs: Vec<(u64, RaftLog)> = ids
             .iter()
             .filter_map(|id| self.groups.get(id).map(|g| (*id, g.log.clone())))
             .collect();
-        let results = blocking(|| {
-            logs.iter()
-                .map(|(id, log)| (*id, log.sync_with(sync_data)))
-                .collect::<Vec<_>>()
-        });
-        for (id, r) in results {
-            if let Err(e) = r {
-                self.fail_group(id, e.to_string());
+        let flush_commit = if std::mem::take(&mut self.persist.flush_commit) {
+            self.groups.values().map(|g| g.log.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        let job = PersistJob {
+            id: self.persist.next_job,
+            sync_data,
+            logs,
+            flush_commit,
+        };
+        // Capacity 2 with at most one job out: never full. Closed only if
+        // the persister died, which would be a bug: fail loudly.
+        if let Err(e) = self.persist.jobs.try_send(job) {
+            panic!("the persister task is gone: {e}");
+        }
+        self.persist.in_flight = Some(self.persist.next_job);
+        self.persist.next_job += 1;
+    }
+
+    /// Step 4 for the Readies a job made durable: raft-rs hears of it, the
+    /// messages that waited for it leave, acks=1 writers are answered.
+    fn on_persisted(&mut self, done: PersistDone) {
+        debug_assert_eq!(self.persist.in_flight, Some(done.id));
+        self.persist.in_flight = None;
+        for (id, cause) in done.failed {
+            self.fail_group(id, cause);
+        }
+        let ids: Vec<u64> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.unpersisted.front().is_some_and(|u| u.job <= done.id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            if g.failed.is_some() {
+                // Its sync failed: nothing that depends on it may leave.
+                continue;
+            }
+            let mut number = None;
+            while g.unpersisted.front().is_some_and(|u| u.job <= done.id) {
+                let Some(u) = g.unpersisted.pop_front() else {
+                    break;
+                };
+                number = Some(u.number);
+                queue(&mut self.outbox, id, u.messages);
+            }
+            if let Some(number) = number {
+                g.node.on_persist_ready(number);
+            }
+            answer_persisted(g);
+            self.touched.insert(id);
+        }
+    }
+
+    /// Waits for the job in flight, at shutdown.
+    async fn finish_persisting(&mut self) {
+        if self.persist.in_flight.is_some() {
+            if let Some(done) = self.persist.done.recv().await {
+                self.on_persisted(done);
             }
         }
-        readies.retain(|(id, _)| self.groups.get(id).is_some_and(|g| g.failed.is_none()));
     }
 
     /// Whether this round syncs entries to disk, by the fsync policy.
@@ -870,7 +1049,8 @@ impl Driver {
         }
     }
 
-    /// Step 4: everything after the group commit.
+    /// Step 4 for a Ready with nothing to sync and nothing before it
+    /// syncing: everything after the group commit, at once.
     fn finish_ready(&mut self, id: u64, rd: raft::Ready) {
         let Some(g) = self.groups.get_mut(&id) else {
             return;
@@ -953,6 +1133,8 @@ impl Driver {
             "group" => id, "error" => &cause);
         if let Some(g) = self.groups.get_mut(&id) {
             fail_waiters(g, &ProposeError::Storage(cause.clone()));
+            // What waited for a sync may never leave now.
+            g.unpersisted.clear();
             g.failed = Some(cause);
         }
     }
@@ -1192,3 +1374,7 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
         _ => f(),
     }
 }
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;

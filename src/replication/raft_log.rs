@@ -370,6 +370,13 @@ impl RaftLog {
         st.hard_state = hs.clone();
     }
 
+    /// Whether the term or vote changed since the hard state was saved:
+    /// then the next sync must save it before any message revealing it
+    /// leaves.
+    pub fn hard_state_dirty(&self) -> bool {
+        self.lock().dirty
+    }
+
     /// Keeps the commit index from a LightReady (saved lazily, as in
     /// [`RaftLog::set_hard_state`]).
     pub fn set_commit(&self, commit: u64) {
@@ -389,12 +396,16 @@ impl RaftLog {
     /// yet due): only a changed term or vote is saved, since a forgotten
     /// vote could elect two leaders in one term. The commit saved with it may
     /// then run ahead of the entries on disk; opening clamps it.
+    ///
+    /// The fsync of the entries runs without the lock, so that the driver
+    /// can append the next entries and fetches can read meanwhile; it
+    /// covers every append made before the call.
     pub fn sync_with(&self, sync_data: bool) -> Result<()> {
+        if sync_data {
+            self.sync_entries()?;
+        }
         let mut st = self.lock();
         st.check_usable()?;
-        if sync_data {
-            st.log.sync()?;
-        }
         if st.dirty {
             st.save_hard_state()?;
         }
@@ -405,13 +416,30 @@ impl RaftLog {
     /// entries synced first). The driver calls this periodically and at
     /// shutdown.
     pub fn flush_commit(&self) -> Result<()> {
+        {
+            let st = self.lock();
+            st.check_usable()?;
+            if !st.dirty && st.saved_commit == st.hard_state.commit {
+                return Ok(());
+            }
+        }
+        // The entries first, without the lock. Entries appended after this
+        // sync may be covered by the commit saved below; opening clamps a
+        // saved commit to the log's end, and the leader brings it back.
+        self.sync_entries()?;
         let mut st = self.lock();
         st.check_usable()?;
-        if !st.dirty && st.saved_commit == st.hard_state.commit {
-            return Ok(());
-        }
-        st.log.sync()?;
         st.save_hard_state()
+    }
+
+    /// Fsyncs the appended entries without holding the lock meanwhile.
+    fn sync_entries(&self) -> Result<()> {
+        let pending = self.lock().log.begin_sync()?;
+        if let Some(pending) = pending {
+            let result = pending.sync();
+            self.lock().log.end_sync(&pending, result)?;
+        }
+        Ok(())
     }
 
     /// Records the configuration produced by applying the conf change at

@@ -77,8 +77,26 @@ pub struct PartitionLog {
     /// When the active segment got its first batch (caller's clock).
     active_since_ms: i64,
     unsynced: bool,
+    /// Appends so far (this process): tells [`Self::end_sync`] whether
+    /// anything was appended while its sync ran.
+    appends: u64,
     poisoned: Option<String>,
     torn_bytes_recovered: u64,
+}
+
+/// A sync under way outside the log; see [`PartitionLog::begin_sync`].
+#[derive(Debug)]
+pub struct PendingSync {
+    handle: crate::io::SyncHandle,
+    appends: u64,
+    path: PathBuf,
+}
+
+impl PendingSync {
+    /// The fsync itself. Blocks; takes no lock of the log's.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.handle.sync()
+    }
 }
 
 impl PartitionLog {
@@ -99,6 +117,7 @@ impl PartitionLog {
             start,
             active_since_ms: now_ms,
             unsynced: false,
+            appends: 0,
             poisoned: None,
             torn_bytes_recovered: 0,
         };
@@ -263,6 +282,7 @@ impl PartitionLog {
         }
         push_term(&mut self.terms, index, term);
         self.unsynced = true;
+        self.appends += 1;
         Ok(Appended { base_offset, index })
     }
 
@@ -329,6 +349,45 @@ impl PartitionLog {
             }));
         }
         self.unsynced = false;
+        Ok(())
+    }
+
+    /// Starts a sync that runs without borrowing the log, so that appends
+    /// can go on meanwhile: fsync the returned handle, then pass the result
+    /// to [`Self::end_sync`]. None when every append is already durable.
+    pub fn begin_sync(&self) -> Result<Option<PendingSync>> {
+        self.check_usable()?;
+        if !self.unsynced {
+            return Ok(None);
+        }
+        let path = self.active().path.clone();
+        let handle = self.active().sync_handle().map_err(|e| StorageError::Io {
+            context: format!("open {} for fsync", path.display()),
+            source: e,
+        })?;
+        Ok(Some(PendingSync {
+            handle,
+            appends: self.appends,
+            path,
+        }))
+    }
+
+    /// Finishes a sync begun with [`Self::begin_sync`]: every append made
+    /// before it began is durable if `result` is Ok. A failed fsync poisons
+    /// the log, as in [`Self::sync`].
+    pub fn end_sync(&mut self, pending: &PendingSync, result: std::io::Result<()>) -> Result<()> {
+        self.check_usable()?;
+        if let Err(e) = result {
+            return Err(self.poison(StorageError::Io {
+                context: format!("fsync {}", pending.path.display()),
+                source: e,
+            }));
+        }
+        // Appends made while the sync ran may have missed it (a roll in
+        // between synced them itself, and cleared the flag then).
+        if self.appends == pending.appends {
+            self.unsynced = false;
+        }
         Ok(())
     }
 

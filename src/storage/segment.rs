@@ -309,6 +309,10 @@ impl Segment {
         self.file.sync()
     }
 
+    pub fn sync_handle(&self) -> std::io::Result<crate::io::SyncHandle> {
+        self.file.sync_handle()
+    }
+
     /// Syncs the segment and writes its index file: from now on it is never
     /// written again. `terms` are the runs covering this segment's entries.
     pub fn seal(&self, disk: &dyn Disk, dir: &Path, terms: &[TermRun]) -> Result<()> {

@@ -442,10 +442,11 @@ struct PersistJob {
     flush_commit: Vec<RaftLog>,
 }
 
-/// A job done: the groups whose log failed (fail-stop for them).
+/// A job done: the groups whose log failed (fail-stop for them), with the
+/// log that failed.
 struct PersistDone {
     id: u64,
-    failed: Vec<(u64, String)>,
+    failed: Vec<(u64, RaftLog, String)>,
 }
 
 /// A Ready handed to raft-rs with `advance_append_async`, waiting for job
@@ -464,7 +465,7 @@ async fn persister(mut jobs: mpsc::Receiver<PersistJob>, done: mpsc::Sender<Pers
             let mut failed = Vec::new();
             for (id, log) in &job.logs {
                 if let Err(e) = log.sync_with(job.sync_data) {
-                    failed.push((*id, e.to_string()));
+                    failed.push((*id, log.clone(), e.to_string()));
                 }
             }
             // Only logs whose commit moved write anything; a failure here
@@ -988,8 +989,13 @@ impl Driver {
     fn on_persisted(&mut self, done: PersistDone) {
         debug_assert_eq!(self.persist.in_flight, Some(done.id));
         self.persist.in_flight = None;
-        for (id, cause) in done.failed {
-            self.fail_group(id, cause);
+        for (id, log, cause) in done.failed {
+            // Only if the group still runs on that log: a group removed
+            // during the sync (its files deleted) and added again has a
+            // new one.
+            if self.groups.get(&id).is_some_and(|g| g.log.same(&log)) {
+                self.fail_group(id, cause);
+            }
         }
         let ids: Vec<u64> = self
             .groups

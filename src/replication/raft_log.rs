@@ -289,6 +289,11 @@ impl RaftLog {
         })
     }
 
+    /// Whether both handles are to the same open log.
+    pub fn same(&self, other: &RaftLog) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug that may have left the
         // state half-changed: propagate it rather than run on.

@@ -131,6 +131,10 @@ pub struct E2eArgs {
     /// all, 1 or 0.
     #[arg(long, default_value = "all", value_parser = parse_acks)]
     pub acks: Acks,
+    /// How long a batch waits for more records, in ms (0: a batch goes as
+    /// soon as a request slot is free).
+    #[arg(long = "linger-ms", default_value_t = 0)]
+    pub linger_ms: u64,
     #[command(flatten)]
     pub create: CreateArgs,
 }
@@ -201,6 +205,9 @@ impl E2eArgs {
             return Err("--rate must be at least 1 record per second".into());
         }
         check_record_size(self.record_size_bytes, STAMP_BYTES)?;
+        if self.linger_ms > 60_000 {
+            return Err("--linger-ms must be at most 60000".into());
+        }
         check_create(&self.create)
     }
 }
@@ -820,7 +827,7 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
             config,
             ProducerConfig {
                 acks: args.acks,
-                linger: Duration::ZERO,
+                linger: Duration::from_millis(args.linger_ms),
                 ..ProducerConfig::default()
             },
         )

@@ -429,6 +429,10 @@ struct Persist {
     next_job: u64,
     /// Logs the next job syncs.
     next_logs: std::collections::BTreeSet<u64>,
+    /// Readies wait for the next job: it must run even with nothing to
+    /// sync (a Ready queued behind a sync only because the one before it
+    /// was syncing, with fsync never, or a follower's heartbeat response).
+    next_waited: bool,
     /// The next job also saves every log's commit index.
     flush_commit: bool,
 }
@@ -516,6 +520,7 @@ impl Driver {
             in_flight: None,
             next_job: 1,
             next_logs: Default::default(),
+            next_waited: false,
             flush_commit: false,
         };
         let driver = Driver {
@@ -934,6 +939,7 @@ impl Driver {
         } else if !rd.entries().is_empty() {
             self.unsynced.insert(id);
         }
+        self.persist.next_waited = true;
         g.unpersisted.push_back(Unpersisted {
             number: rd.number(),
             job: self.persist.next_job,
@@ -956,9 +962,13 @@ impl Driver {
             let mut unsynced = std::mem::take(&mut self.unsynced);
             self.persist.next_logs.append(&mut unsynced);
         }
-        if self.persist.next_logs.is_empty() && !self.persist.flush_commit {
+        if self.persist.next_logs.is_empty()
+            && !self.persist.flush_commit
+            && !self.persist.next_waited
+        {
             return;
         }
+        self.persist.next_waited = false;
         let ids = std::mem::take(&mut self.persist.next_logs);
         let logs: Vec<(u64, RaftLog)> = ids
             .iter()

@@ -1,5 +1,6 @@
 //! The driver's persistence pipeline, on a one-replica group over a disk
-//! whose background syncs (the persister's) can be held or made to fail.
+//! whose background syncs (the persister's) and directory syncs (hard
+//! state saves) can be held, and background syncs made to fail.
 
 use super::*;
 use crate::io::{Disk, DiskFile, DiskRef, FileSync, OpenMode, RealDisk, SyncHandle, TokioClock};
@@ -55,8 +56,12 @@ impl Gate {
     }
 }
 
+/// Background syncs pass `data`; directory syncs pass `dirs`.
 #[derive(Debug)]
-struct GatedDisk(Arc<Gate>);
+struct GatedDisk {
+    data: Arc<Gate>,
+    dirs: Arc<Gate>,
+}
 
 #[derive(Debug)]
 struct GatedFile {
@@ -75,7 +80,7 @@ impl Disk for GatedDisk {
         let inner = RealDisk.open(path, mode)?;
         Ok(Box::new(GatedFile {
             inner,
-            gate: self.0.clone(),
+            gate: self.data.clone(),
         }))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -94,6 +99,7 @@ impl Disk for GatedDisk {
         RealDisk.remove_dir_all(path)
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.dirs.pass()?;
         RealDisk.sync_dir(path)
     }
     fn exists(&self, path: &Path) -> bool {
@@ -132,10 +138,25 @@ impl FileSync for GatedSync {
     }
 }
 
-struct Nowhere;
+/// Keeps what the driver sends.
+#[derive(Clone, Default)]
+struct Sent(Arc<Mutex<Vec<Message>>>);
 
-impl Outbound for Nowhere {
-    fn send(&mut self, _to: u64, _messages: Vec<(u64, Message)>) {}
+impl Outbound for Sent {
+    fn send(&mut self, _to: u64, messages: Vec<(u64, Message)>) {
+        let mut sent = self.0.lock().unwrap();
+        sent.extend(messages.into_iter().map(|(_, m)| m));
+    }
+}
+
+impl Sent {
+    fn has(&self, kind: MessageType) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.get_msg_type() == kind)
+    }
 }
 
 /// A driver hosting group 1 (one replica, this broker) on a gated disk,
@@ -143,8 +164,11 @@ impl Outbound for Nowhere {
 struct Fixture {
     _dir: tempfile::TempDir,
     gate: Arc<Gate>,
+    dirs: Arc<Gate>,
     log: RaftLog,
     inputs: mpsc::Sender<Input>,
+    board: StatusBoard,
+    sent: Sent,
 }
 
 impl Drop for Fixture {
@@ -152,41 +176,65 @@ impl Drop for Fixture {
         // A failed assertion must not leave the persister held at the gate:
         // the runtime would wait for it forever instead of reporting.
         self.gate.set(false, false);
+        self.dirs.set(false, false);
     }
 }
 
 async fn leading_group() -> Fixture {
+    let f = new_group(FsyncPolicy::Always, false, &[1]).await;
+    let status = f.board.clone();
+    wait_for("group 1 to elect itself", || {
+        status.get(1).is_some_and(|s| s.is_leader)
+    })
+    .await;
+    let board = f.board.clone();
+    wait_for("group 1 to commit its first entry", || {
+        board.get(1).is_some_and(|s| s.commit >= 1)
+    })
+    .await;
+    f
+}
+
+/// A driver on broker 1 hosting group 1 (replicas `voters`, preferred
+/// leader the first) with `fsync`; with `hold_dirs` the hard state saves
+/// are held from the start.
+async fn new_group(fsync: FsyncPolicy, hold_dirs: bool, voters: &[u64]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
-    let disk: DiskRef = Arc::new(GatedDisk(gate.clone()));
-    let log = RaftLog::open(disk, dir.path(), LogConfig::default(), 0, &[1]).unwrap();
+    let dirs = Arc::new(Gate::default());
+    let disk: DiskRef = Arc::new(GatedDisk {
+        data: gate.clone(),
+        dirs: dirs.clone(),
+    });
+    let log = RaftLog::open(disk, dir.path(), LogConfig::default(), 0, voters).unwrap();
+    dirs.set(hold_dirs, false);
     let logger = Logger::root(slog::Discard, slog::o!());
     let clock: ClockRef = Arc::new(TokioClock::starting_at(0));
-    let (driver, inputs, board) = Driver::new(
-        DriverConfig::new(1, 7),
-        Box::new(Nowhere),
-        clock,
-        logger,
-        64,
-    );
+    let mut config = DriverConfig::new(1, 7);
+    config.fsync = fsync;
+    // No tick after the first within a test: a follower's campaign or the
+    // periodic commit flush would start syncs of their own and could hide
+    // a stall.
+    config.tick_ms = 600_000;
+    let sent = Sent::default();
+    let (driver, inputs, board) = Driver::new(config, Box::new(sent.clone()), clock, logger, 64);
     tokio::spawn(driver.run());
     let spec = GroupSpec {
         id: 1,
         log: log.clone(),
         apply: None,
-        preferred_leader: 1,
+        preferred_leader: voters[0],
         applied: 0,
     };
     inputs.send(Input::AddGroup(Box::new(spec))).await.unwrap();
-    wait_for("group 1 to elect itself", || {
-        board.get(1).is_some_and(|s| s.is_leader && s.commit >= 1)
-    })
-    .await;
     Fixture {
         _dir: dir,
         gate,
+        dirs,
         log,
         inputs,
+        board,
+        sent,
     }
 }
 
@@ -278,4 +326,78 @@ async fn a_failed_fsync_is_never_acknowledged() {
     f.gate.set(false, false);
     let later = propose(&f, "later", Acks::Leader).await.await.unwrap();
     assert!(matches!(later, Err(ProposeError::Storage(_))), "{later:?}");
+}
+
+/// A follower's Ready that needs no sync (a heartbeat's response) but came
+/// while an append was syncing waits for that sync, and leaves once it is
+/// done. It once waited for a sync that nothing would start until the next
+/// append or commit flush: an idle follower's heartbeat responses were
+/// held, and with fsync never a broker's registration hung at startup (its
+/// Ready came after the election's hard state was saved, so it needed no
+/// sync, but before the driver heard that the save was done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_queued_behind_a_sync_leaves_when_it_is_done() {
+    let f = new_group(FsyncPolicy::Always, false, &[2, 1]).await;
+    let raft = |m: Message| Input::Raft {
+        from: 2,
+        messages: vec![(1, m)],
+    };
+    let heartbeat = || {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        (m.from, m.to, m.term) = (2, 1, 1);
+        m
+    };
+    // Broker 2 leads term 1; once broker 1 answers, term 1 is saved.
+    f.inputs.send(raft(heartbeat())).await.unwrap();
+    let sent = f.sent.clone();
+    wait_for("a first heartbeat's response", || {
+        sent.has(MessageType::MsgHeartbeatResponse)
+    })
+    .await;
+    sent.0.lock().unwrap().clear();
+    // One entry: its sync is held.
+    f.gate.set(true, false);
+    let entry = Entry {
+        index: 1,
+        term: 1,
+        ..Entry::default()
+    };
+    let mut append = Message::default();
+    append.set_msg_type(MessageType::MsgAppend);
+    (append.from, append.to, append.term) = (2, 1, 1);
+    append.entries = vec![entry].into();
+    f.inputs.send(raft(append)).await.unwrap();
+    let gate = f.gate.clone();
+    wait_for("the append's sync to reach the gate", || gate.held() == 1).await;
+    // Then a heartbeat, which needs no sync. The transfer request that
+    // follows is answered only after the driver stepped the heartbeat, and
+    // the round that hands its Ready over runs before the driver can hear
+    // that the held sync is done.
+    f.inputs.send(raft(heartbeat())).await.unwrap();
+    let (reply, stepped) = oneshot::channel();
+    let barrier = Input::TransferLeader {
+        group: 1,
+        to: 1,
+        reply,
+    };
+    f.inputs.send(barrier).await.unwrap();
+    let _ = stepped.await;
+    assert!(
+        !f.sent.has(MessageType::MsgAppendResponse),
+        "responded before the sync"
+    );
+    assert!(
+        !f.sent.has(MessageType::MsgHeartbeatResponse),
+        "jumped the queue"
+    );
+    f.gate.set(false, false);
+    wait_for("the append's response", || {
+        sent.has(MessageType::MsgAppendResponse)
+    })
+    .await;
+    wait_for("the heartbeat's response", || {
+        sent.has(MessageType::MsgHeartbeatResponse)
+    })
+    .await;
 }

@@ -158,6 +158,9 @@ fn raft_control_type(batch: &RecordBatch) -> Result<Option<ControlType>> {
 #[derive(Clone, Debug)]
 pub struct RaftLog {
     state: Arc<Mutex<State>>,
+    /// Held while the hard state file is written without `state`'s lock:
+    /// one save at a time.
+    saving: Arc<Mutex<()>>,
 }
 
 /// The configuration as of a Raft index.
@@ -286,6 +289,7 @@ impl RaftLog {
         state.hard_state.commit = state.clamped_commit();
         Ok(RaftLog {
             state: Arc::new(Mutex::new(state)),
+            saving: Arc::new(Mutex::new(())),
         })
     }
 
@@ -409,10 +413,13 @@ impl RaftLog {
         if sync_data {
             self.sync_entries()?;
         }
-        let mut st = self.lock();
-        st.check_usable()?;
-        if st.dirty {
-            st.save_hard_state()?;
+        let dirty = {
+            let st = self.lock();
+            st.check_usable()?;
+            st.dirty
+        };
+        if dirty {
+            self.save_hard_state()?;
         }
         Ok(())
     }
@@ -432,9 +439,36 @@ impl RaftLog {
         // sync may be covered by the commit saved below; opening clamps a
         // saved commit to the log's end, and the leader brings it back.
         self.sync_entries()?;
+        self.save_hard_state()
+    }
+
+    /// Writes the hard state file (an atomic replace: two fsyncs) without
+    /// holding the lock meanwhile, so that the driver's appends and fetches
+    /// need not wait for it. A term or vote set during the write stays to
+    /// be saved.
+    fn save_hard_state(&self) -> Result<()> {
+        let _one_at_a_time = self
+            .saving
+            .lock()
+            .expect("hard state save lock poisoned by an earlier panic");
+        let (hs, disk, dir) = {
+            let st = self.lock();
+            st.check_usable()?;
+            let hs = HardState {
+                term: st.hard_state.term,
+                vote: st.hard_state.vote,
+                commit: st.hard_state.commit,
+            };
+            (hs, st.disk.clone(), st.dir.clone())
+        };
+        let result = hs.save(disk.as_ref(), &dir);
         let mut st = self.lock();
-        st.check_usable()?;
-        st.save_hard_state()
+        result.map_err(|e| st.poison(e))?;
+        if st.hard_state.term == hs.term && st.hard_state.vote == hs.vote {
+            st.dirty = false;
+        }
+        st.saved_commit = hs.commit;
+        Ok(())
     }
 
     /// Fsyncs the appended entries without holding the lock meanwhile.

@@ -11,8 +11,10 @@
 #   (c) consume of (a)'s topics from the beginning
 #   (d) e2e latency: at 5,000/s on the one broker, and on the three at half
 #       of (b)'s 100-byte rate, as the issue defines (d): right after (b) on
-#       (b)'s brokers, and on fresh brokers once the disk's fsync latency is
-#       back to what it was at the start (see "disk_rested" below)
+#       (b)'s brokers, and on fresh brokers
+# Every cluster starts with new data directories once the disk's fsync
+# latency is back to what it was at the start (see "disk_rested" below);
+# stopping a cluster removes its data.
 #   (e) 1,000 partitions, RF 3, on the three: CPU idle and under light load
 # plus the machine's limits: sequential write+fsync bandwidth in 64 KiB
 # writes (`weir bench log`) and loopback TCP bandwidth (python3 sockets).
@@ -59,6 +61,7 @@ CLUSTERS=0
 start_cluster() {
   n=$1 fsync=$2
   stop_cluster
+  if [ -n "${fsync_start_us:-}" ]; then disk_rested; fi
   CLUSTERS=$((CLUSTERS + 1))
   peers=""
   i=1
@@ -92,10 +95,13 @@ start_cluster() {
   done
 }
 
+# stop_cluster: stops the brokers and removes their data, so that no run
+# starts with earlier runs' gigabytes in the page cache.
 stop_cluster() {
   for p in $PIDS; do kill "$p" 2>/dev/null || true; done
   for p in $PIDS; do wait "$p" 2>/dev/null || true; done
   PIDS=""
+  rm -rf "$TMP"/data-*
 }
 
 # run NAME ARGS...: one bench run, bounded in time; its JSON goes to $OUT.
@@ -197,8 +203,7 @@ run d-after-b e2e --topic d --partitions 3 --replication-factor 3 --rate "$d_rat
 run e-partitions partitions --count 1000 --measure-secs 10 --load-rate 100
 stop_cluster
 
-# (d) again on fresh brokers, with the disk rested.
-disk_rested
+# (d) again on fresh brokers (start_cluster waits for the disk to rest).
 start_cluster 3 always
 run d-3brokers e2e --topic d --partitions 3 --replication-factor 3 --rate "$d_rate" --records $((d_rate * 10)) --record-size 100 --acks all
 stop_cluster

@@ -346,3 +346,45 @@ async fn records_from_one_leader_do_not_wait_for_another_leaders_long_poll() {
     // speed).
     assert!(waited < Duration::from_secs(10), "waited {waited:?}");
 }
+
+/// `position` is the next offset `poll` returns, not the next one fetched:
+/// records fetched but held back by `max_poll_records` are not consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn position_counts_only_records_returned_by_poll() {
+    let cluster = Cluster::start(1).await;
+    wait_for_cluster(&cluster).await;
+    let a = admin(&cluster, create("held", 1, 1)).await;
+    assert!(a.error.is_none(), "{:?}", a.error);
+    leaders(&cluster, "held", 1).await;
+    let producer = Producer::new(client(&cluster), ProducerConfig::default());
+    let mut last = 0;
+    for i in 0..10 {
+        let rec = ProducerRecord::new("held", format!("v{i}")).partition(0);
+        last = producer.send_wait(rec).await.unwrap().1;
+    }
+    let mut consumer = Consumer::new(
+        client(&cluster),
+        ConsumerConfig {
+            max_poll_records: 3,
+            ..ConsumerConfig::default()
+        },
+    );
+    consumer.assign("held", 0, StartAt::Earliest).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(consumer.poll(Duration::from_secs(5)).await.unwrap());
+    }
+    assert_eq!(got.len(), 3, "max_poll_records is 3");
+    let next = got[2].offset + 1;
+    assert_eq!(consumer.position("held", 0), Some(next));
+    // The rest comes from where position says.
+    let mut rest = Vec::new();
+    while rest
+        .last()
+        .is_none_or(|r: &weir::client::ConsumerRecord| r.offset < last)
+    {
+        rest.extend(consumer.poll(Duration::from_secs(5)).await.unwrap());
+    }
+    assert_eq!(rest[0].offset, next);
+    assert_eq!(consumer.position("held", 0), Some(last + 1));
+}

@@ -189,11 +189,20 @@ impl Consumer {
         }
     }
 
-    /// The next offset to fetch for a partition (None until resolved).
+    /// The offset of the next record `poll` returns for a partition (None
+    /// until resolved), as Kafka's `position`: records fetched but not yet
+    /// returned are not consumed, so a position saved and sought back to
+    /// skips nothing.
     pub fn position(&self, topic: &str, partition: u32) -> Option<i64> {
-        self.assigned
+        let fetched = self
+            .assigned
             .get(&(topic.to_string(), partition))
-            .and_then(|a| a.position)
+            .and_then(|a| a.position)?;
+        let buffered = self
+            .buffered
+            .iter()
+            .find(|r| r.partition == partition && r.topic == topic);
+        Some(buffered.map_or(fetched, |r| r.offset))
     }
 
     /// Waits up to `timeout` for records; returns at most

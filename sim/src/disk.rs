@@ -236,12 +236,18 @@ struct SimSync {
 
 impl FileSync for SimSync {
     fn sync(&self) -> io::Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| with_path(e, "fsync", &self.path))?;
-        lock(&self.unsynced).dirty_files.remove(&self.path);
-        Ok(())
+        sync_data(&self.file, &self.path, &self.unsynced)
     }
+}
+
+/// Syncs `file` (at `path`) and notes that it is clean. In turmoil 0.7.2
+/// sync_data and sync_all both make the file's pending writes and length
+/// changes (set_len) durable, and neither makes its directory entry
+/// durable; sync_data matches RealDisk.
+fn sync_data(file: &simfs::File, path: &Path, unsynced: &Mutex<Unsynced>) -> io::Result<()> {
+    file.sync_data().map_err(|e| with_path(e, "fsync", path))?;
+    lock(unsynced).dirty_files.remove(path);
+    Ok(())
 }
 
 impl SimFile {
@@ -271,14 +277,7 @@ impl DiskFile for SimFile {
     }
 
     fn sync(&self) -> io::Result<()> {
-        // In turmoil 0.7.2 sync_data and sync_all both make the file's
-        // pending writes and length changes (set_len) durable, and neither
-        // makes its directory entry durable; sync_data matches RealDisk.
-        self.file
-            .sync_data()
-            .map_err(|e| with_path(e, "fsync", &self.path))?;
-        lock(&self.unsynced).dirty_files.remove(&self.path);
-        Ok(())
+        sync_data(&self.file, &self.path, &self.unsynced)
     }
 
     fn sync_handle(&self) -> io::Result<SyncHandle> {

@@ -14,9 +14,10 @@
 //!    replica has persisted).
 //! 3. Hand the Ready to raft-rs with `advance_append_async`, keeping its
 //!    persisted messages (votes, append responses) back until the group
-//!    commit that covers it is done. The persister task runs one group
-//!    commit at a time: an fsync of every log appended to since the last
-//!    one, then any changed term or vote. A Ready with nothing to sync and
+//!    commit that covers it is done. The persister (a thread of its own, or
+//!    a task on a current-thread runtime) runs one group commit at a time:
+//!    an fsync of every log appended to since the last one, then any
+//!    changed term or vote. A Ready with nothing to sync and
 //!    nothing before it syncing finishes at once (`advance`).
 //! 4. When a group commit is done: `on_persist_ready`, send the messages
 //!    that waited for it, answer acks=1 producers; a failed sync stops the
@@ -462,27 +463,57 @@ struct Unpersisted {
     messages: Vec<Message>,
 }
 
-/// The persister task: runs the driver's jobs in order, one at a time.
-async fn persister(mut jobs: mpsc::Receiver<PersistJob>, done: mpsc::Sender<PersistDone>) {
-    while let Some(job) = jobs.recv().await {
-        let failed = blocking(|| {
-            let mut failed = Vec::new();
-            for (id, log) in &job.logs {
-                if let Err(e) = log.sync_with(job.sync_data) {
-                    failed.push((*id, log.clone(), e.to_string()));
-                }
-            }
-            // Only logs whose commit moved write anything; a failure here
-            // surfaces at the log's next sync.
-            for log in &job.flush_commit {
-                let _ = log.flush_commit();
-            }
-            failed
-        });
-        if done.send(PersistDone { id: job.id, failed }).await.is_err() {
+/// Starts the persister: on a multi-threaded runtime a thread of its own
+/// (an fsync blocks it, and a runtime worker handing its tasks off for every
+/// job would cost a thread switch each time); on a current-thread runtime
+/// (turmoil, where every host runs on one thread and a seed decides the
+/// order) a task, whose syncs take no simulated time.
+fn start_persister(jobs: mpsc::Receiver<PersistJob>, done: mpsc::Sender<PersistDone>) {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        let spawned = std::thread::Builder::new()
+            .name("weir-persist".into())
+            .spawn(move || persist_on_thread(jobs, done));
+        if let Err(e) = spawned {
+            panic!("cannot start the persister thread: {e}");
+        }
+    } else {
+        tokio::spawn(persister(jobs, done));
+    }
+}
+
+fn persist_on_thread(mut jobs: mpsc::Receiver<PersistJob>, done: mpsc::Sender<PersistDone>) {
+    while let Some(job) = jobs.blocking_recv() {
+        if done.blocking_send(persist(job)).is_err() {
             return;
         }
     }
+}
+
+/// The persister task: runs the driver's jobs in order, one at a time.
+async fn persister(mut jobs: mpsc::Receiver<PersistJob>, done: mpsc::Sender<PersistDone>) {
+    while let Some(job) = jobs.recv().await {
+        if done.send(persist(job)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One group commit.
+fn persist(job: PersistJob) -> PersistDone {
+    let mut failed = Vec::new();
+    for (id, log) in &job.logs {
+        if let Err(e) = log.sync_with(job.sync_data) {
+            failed.push((*id, log.clone(), e.to_string()));
+        }
+    }
+    // Only logs whose commit moved write anything; a failure here surfaces
+    // at the log's next sync.
+    for log in &job.flush_commit {
+        let _ = log.flush_commit();
+    }
+    PersistDone { id: job.id, failed }
 }
 
 /// Ticks between checks that leadership sits with the preferred replica.
@@ -560,7 +591,7 @@ impl Driver {
         let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if let Some((jobs, done)) = self.persist.task_ends.take() {
-            tokio::spawn(persister(jobs, done));
+            start_persister(jobs, done);
         }
         loop {
             // Ticks first: a flood of inputs must not starve elections and
@@ -1378,16 +1409,6 @@ fn reply(to: Option<oneshot::Sender<ProposeResult>>, result: ProposeResult) {
 fn queue(outbox: &mut BTreeMap<u64, Vec<(u64, Message)>>, group: u64, messages: Vec<Message>) {
     for m in messages {
         outbox.entry(m.to).or_default().push((group, m));
-    }
-}
-
-/// Runs blocking disk work: on a multi-threaded runtime via
-/// `block_in_place` (other tasks move to other workers meanwhile); on a
-/// current-thread runtime (turmoil, tests) directly.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
     }
 }
 

@@ -173,6 +173,28 @@ impl Cluster {
         }
     }
 
+    /// The last `lines` lines of every broker's log, for error messages.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for b in &self.brokers {
+            let path = self.log_dir.join(format!("broker-{}.log", b.id));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = all[all.len().saturating_sub(lines)..].join("\n");
+            let state = if b.child.is_some() {
+                "launched"
+            } else {
+                "stopped"
+            };
+            out.push_str(&format!(
+                "\n--- broker {} ({state}), {}:\n{tail}",
+                b.id,
+                path.display()
+            ));
+        }
+        out
+    }
+
     /// Every broker running and not paused.
     pub fn heal(&mut self) -> Result<(), String> {
         for id in self.ids() {

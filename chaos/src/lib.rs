@@ -66,7 +66,9 @@ pub async fn run(o: &Options) -> Result<Outcome, String> {
     let cluster = cluster::Cluster::start(&o.weir, o.brokers, &o.dir, o.base_port)?;
     let bootstrap = cluster.bootstrap();
     let cluster = Arc::new(Mutex::new(cluster));
-    workload::wait_ready(&bootstrap, o.brokers, READY_WAIT).await?;
+    if let Err(e) = workload::wait_ready(&bootstrap, o.brokers, READY_WAIT).await {
+        return Err(format!("{e}{}", cluster.lock().unwrap().log_tails(10)));
+    }
     workload::create_topic(&bootstrap, o).await?;
 
     let history = Arc::new(Mutex::new(History::default()));

@@ -792,16 +792,6 @@ const E2E_CHUNK_RECORDS: usize = 256;
 /// The buffer e2e values are cut from, refilled when used up.
 const E2E_VALUE_BUFFER_BYTES: usize = 1 << 20;
 
-/// Epoch milliseconds now, once per e2e run: record timestamps are this
-/// plus the time since the run's start (the producer would otherwise read
-/// the wall clock for every record).
-fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
     let config = args.client.config().map_err(|e| e.to_string())?;
     runtime()?.block_on(async {
@@ -870,7 +860,10 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
                     }
                     Ok::<(), String>(())
                 });
-                let wall_base_ms = wall_clock_ms();
+                // Record timestamps: this wall-clock reading plus the time
+                // since the run's start (the producer would otherwise read
+                // the wall clock for every record).
+                let wall_base_ms = crate::client::producer::wall_clock_ms();
                 let mut values = bytes::BytesMut::new();
                 let mut chunk = Vec::with_capacity(E2E_CHUNK_RECORDS);
                 for n in 0..records {

@@ -509,7 +509,7 @@ impl Producer {
 
 /// Wall-clock epoch milliseconds, for producers given no clock (the
 /// client runs in applications, not in the broker).
-fn wall_clock_ms() -> i64 {
+pub(crate) fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -23,7 +23,12 @@ async fn quiet_counts(cluster: &Cluster) -> Vec<(u32, u32)> {
     let mut out = Vec::new();
     for id in cluster.running.keys() {
         let c = cluster.connect(*id).await;
-        match call(&c, Req::DescribeBrokerStats(DescribeBrokerStatsRequest {})).await {
+        match call(
+            &c,
+            Req::DescribeBrokerStats(DescribeBrokerStatsRequest::default()),
+        )
+        .await
+        {
             Resp::DescribeBrokerStats(s) => {
                 assert_eq!(s.broker_id, *id);
                 out.push((s.groups, s.groups_quiescent));

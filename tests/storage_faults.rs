@@ -123,3 +123,31 @@ fn acknowledged_batches_survive_injected_faults() {
         "the seeds should hit several fault kinds: {kinds:?}"
     );
 }
+
+/// A roll waits for no fsync (the appending thread serves every partition
+/// of the broker); the new segment's directory entry is synced by the next
+/// sync instead, which fails, and acknowledges nothing, if that fails.
+#[test]
+fn a_rolls_directory_sync_is_part_of_the_next_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let mut faults = FaultConfig::none();
+    faults.sync_dir_eio = 1.0;
+    let disk = Arc::new(FaultyDisk::new(Arc::new(RealDisk), faults, 7));
+    let handle = disk.handle();
+    handle.set_enabled(false);
+    let mut log = PartitionLog::open(disk.clone() as DiskRef, &dir, config(), 0).unwrap();
+    handle.set_enabled(true);
+    let mut i = 0;
+    while log.segment_count() < 3 {
+        i += 1;
+        log.append(batch(i), 1, i, 0)
+            .unwrap_or_else(|e| panic!("append {i} waited for a failing fsync: {e}"));
+    }
+    let err = log.sync().unwrap_err().to_string();
+    assert!(
+        err.contains("injected") && err.contains("directory"),
+        "{err}"
+    );
+    assert!(matches!(log.sync(), Err(StorageError::Poisoned { .. })));
+}

@@ -198,3 +198,117 @@ fn large_index_files_seal_and_reload() {
     assert_eq!(log.next_offset(), next);
     assert_eq!(log.read(5000, 1, i64::MAX).unwrap().batches, 1);
 }
+
+/// One-record batches of 200-byte values, appended without a sync.
+fn append_unsynced(log: &mut PartitionLog, from: u64, n: u64) {
+    for i in from..from + n {
+        let mut b = BatchBuilder::new();
+        b.push(&Event {
+            key: Some(Bytes::from(format!("key-{i}"))),
+            value: Some(Bytes::from(vec![i as u8 | 1; 200])),
+            timestamp_ms: i as i64,
+            headers: vec![],
+        });
+        log.append(b.build(), 1, i, 0).unwrap();
+    }
+}
+
+/// A roll leaves the sealed segment's fsync and index file to the next
+/// sync, so the appending thread never waits for a segment's worth of data
+/// to reach the disk; the index file appears only once that sync is done.
+#[test]
+fn a_roll_leaves_the_sealing_sync_to_the_next_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    append_unsynced(&mut log, 1, 40);
+    let segs = segments(&dir);
+    assert!(segs.len() >= 3, "the appends must roll segments");
+    assert!(log.has_pending_seals());
+    for sealed in &segs[..segs.len() - 1] {
+        assert!(
+            !sealed.with_extension("index").exists(),
+            "{} has an index file before its sync",
+            sealed.display()
+        );
+    }
+    log.sync().unwrap();
+    assert!(!log.has_pending_seals());
+    for sealed in &segs[..segs.len() - 1] {
+        assert!(
+            sealed.with_extension("index").exists(),
+            "{}",
+            sealed.display()
+        );
+    }
+    assert!(!segs[segs.len() - 1].with_extension("index").exists());
+}
+
+/// A crash before a sealed segment's sync finished leaves it with no index
+/// file and a torn tail. Opening cuts the tear, drops the segments after
+/// it (their entries cannot follow a gap) and goes on from there; the
+/// entries before the tear are intact.
+#[test]
+fn torn_sealed_segment_without_index_is_cut_and_later_segments_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let log = fill(&dir, 60);
+    let before = log.entries(1, log.last_index() + 1, usize::MAX).unwrap();
+    drop(log);
+    let segs = segments(&dir);
+    assert!(segs.len() >= 4, "the fill must roll segments");
+    let torn = &segs[1];
+    std::fs::remove_file(torn.with_extension("index")).unwrap();
+    // The last blocks never written: zeros where the last batch's end was.
+    let len = std::fs::metadata(torn).unwrap().len();
+    let f = OpenOptions::new().write(true).open(torn).unwrap();
+    f.write_all_at(&[0u8; 100], len - 100).unwrap();
+    drop(f);
+
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    assert!(
+        log.torn_bytes_recovered() > 100,
+        "{}",
+        log.torn_bytes_recovered()
+    );
+    assert_eq!(segments(&dir), segs[..2].to_vec(), "later segments dropped");
+    assert!(!torn.with_extension("index").exists());
+    let last = log.last_index();
+    assert!(last > 1 && last < before.len() as u64, "{last}");
+    let after = log.entries(1, last + 1, usize::MAX).unwrap();
+    for ((i, got), (j, want)) in after.iter().zip(&before) {
+        assert_eq!(i, j);
+        assert_eq!(got.as_bytes(), want.as_bytes(), "entry {i}");
+    }
+    // The log takes appends at the entry after the tear.
+    append_unsynced(&mut log, last + 1, 1);
+    log.sync().unwrap();
+    assert_eq!(log.last_index(), last + 1);
+}
+
+/// A sealing sync overtaken by a truncation into its segment (a Raft
+/// conflict making that segment active again) writes no index file: one
+/// would describe entries the segment no longer holds.
+#[test]
+fn a_sealing_sync_overtaken_by_a_truncation_writes_no_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    append_unsynced(&mut log, 1, 20);
+    let segs = segments(&dir);
+    assert!(segs.len() >= 2, "the appends must roll");
+    let pending = log.begin_sync().unwrap().expect("a sync to run");
+    log.truncate_suffix(3).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    let result = pending.sync();
+    let renamed = log.end_sync(&pending, result).unwrap();
+    assert!(!renamed);
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".index"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+    assert!(!log.has_pending_seals());
+    log.sync().unwrap();
+}

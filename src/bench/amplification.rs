@@ -41,7 +41,7 @@ impl Amplification {
 /// Reads the counters; None when any broker cannot say (not Linux, or
 /// /proc/self/io unreadable), so that a partial sum is never reported.
 pub async fn snapshot(admin: &Admin, topic: &str) -> Option<Snapshot> {
-    let stats = admin.broker_stats().await.ok()?;
+    let stats = admin.broker_stats(false).await.ok()?;
     let mut written = BTreeMap::new();
     for s in stats {
         written.insert(s.broker_id, s.storage_write_bytes?);

@@ -245,6 +245,9 @@ pub struct Summary {
     pub latency: Option<Latency>,
     /// Produce only, where the brokers report their storage writes.
     pub write_amplification: Option<super::amplification::Amplification>,
+    /// Produce and e2e: the brokers' driver timings over the run (empty
+    /// where the brokers cannot say).
+    pub brokers: Vec<super::brokers::BrokerTimings>,
 }
 
 impl Summary {
@@ -296,6 +299,9 @@ pub fn render(s: &Summary, output: Output) -> String {
             if let Some(ratio) = s.write_amplification.and_then(|a| a.ratio()) {
                 fields.push(("write_amplification", num(ratio)));
             }
+            if !s.brokers.is_empty() {
+                fields.push(("brokers", super::brokers::json(&s.brokers)));
+            }
             fields.push(("elapsed_ms", Json::UInt(s.elapsed.as_millis() as u64)));
             Json::obj(fields).render() + "\n"
         }
@@ -323,6 +329,7 @@ pub fn render(s: &Summary, output: Output) -> String {
                     ));
                 }
             }
+            out.push_str(&super::brokers::text(&s.brokers));
             out
         }
     }
@@ -484,6 +491,7 @@ pub fn run_produce(args: &ProduceArgs) -> Result<Summary, String> {
         prepare_topic(&client, &args.topic, &args.create).await?;
         let admin = Admin::new(client.clone());
         let amplification_start = super::amplification::snapshot(&admin, &args.topic).await;
+        let timed = super::brokers::reset(&admin).await;
         let mut producer_config = ProducerConfig {
             acks: args.acks,
             linger: Duration::from_millis(args.linger_ms),
@@ -542,6 +550,10 @@ pub fn run_produce(args: &ProduceArgs) -> Result<Summary, String> {
                 .and_then(|end| super::amplification::between(&start, &end)),
             None => None,
         };
+        let brokers = match timed {
+            true => super::brokers::read(&admin).await,
+            false => Vec::new(),
+        };
         Ok(Summary {
             kind: "produce",
             records: progress.records.load(Ordering::Relaxed),
@@ -549,6 +561,7 @@ pub fn run_produce(args: &ProduceArgs) -> Result<Summary, String> {
             elapsed,
             latency: Some(Latency::of(&progress.histogram())),
             write_amplification,
+            brokers,
         })
     })
 }
@@ -783,6 +796,7 @@ pub fn run_consume(args: &ConsumeArgs) -> Result<Summary, String> {
             elapsed,
             latency: None,
             write_amplification: None,
+            brokers: Vec::new(),
         })
     })
 }
@@ -799,6 +813,7 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
             .await
             .map_err(|e| e.to_string())?;
         let partitions = prepare_topic(&client, &args.topic, &args.create).await?;
+        let admin = Admin::new(client.clone());
         let mut consumer = Consumer::new(
             client,
             ConsumerConfig {
@@ -838,6 +853,7 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
         )
         .await
         .map_err(|e| e.to_string())?;
+        let timed = super::brokers::reset(&admin).await;
         let progress = Progress::new()?;
         spawn_progress("e2e", progress.clone(), true);
         // Send times are nanoseconds since `base`, which sender and receiver
@@ -948,6 +964,10 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
                 .await
                 .unwrap_or_else(|e| Err(format!("the sender task failed: {e}")))?;
         }
+        let brokers = match timed {
+            true => super::brokers::read(&admin).await,
+            false => Vec::new(),
+        };
         Ok(Summary {
             kind: "e2e",
             records,
@@ -955,6 +975,7 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
             elapsed,
             latency: Some(Latency::of(&progress.histogram())),
             write_amplification: None,
+            brokers,
         })
     })
 }
@@ -977,6 +998,7 @@ mod tests {
                 max_ms: 4.0,
             }),
             write_amplification: None,
+            brokers: Vec::new(),
         };
         let j = render(&s, Output::Json);
         assert!(j.starts_with(r#"{"records":1000,"records_per_sec":2000,"mb_per_sec":0.19,"latency_ms":{"p50":1,"p99":2,"p999":3,"max":4}"#), "{j}");

@@ -10,10 +10,13 @@
 //!   throughput against raw writes with fsync and raw reads.
 //! - [`client`]: `weir bench produce | consume | e2e`, a running cluster's
 //!   throughput and latency through the client library.
+//! - [`brokers`]: the brokers' Raft driver timings over a produce or e2e
+//!   run, printed with its results.
 //! - [`partitions`]: `weir bench partitions`, what many partitions cost a
 //!   running cluster in CPU and memory, idle and under a light load.
 
 pub mod amplification;
+pub mod brokers;
 pub mod client;
 pub mod log;
 pub mod partitions;

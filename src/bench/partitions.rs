@@ -190,7 +190,7 @@ async fn stats(admin: &Admin) -> Result<BTreeMap<u64, Stats>, String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let all = admin
-            .broker_stats()
+            .broker_stats(false)
             .await
             .map_err(|e| format!("cannot read the brokers' stats: {e}"))?;
         if !all.is_empty() {

@@ -269,13 +269,17 @@ impl Admin {
     /// Every live broker's own resource use and Raft group counts (see
     /// `DescribeBrokerStatsResponse`), in broker id order. A broker that
     /// cannot be asked is an error: the figures are meant to cover the
-    /// whole cluster.
-    pub async fn broker_stats(&self) -> Result<Vec<DescribeBrokerStatsResponse>, Error> {
+    /// whole cluster. With `reset_timings`, each broker starts its driver
+    /// timings afresh after answering.
+    pub async fn broker_stats(
+        &self,
+        reset_timings: bool,
+    ) -> Result<Vec<DescribeBrokerStatsResponse>, Error> {
         self.client.refresh(&[]).await?;
         let snap = self.client.snapshot();
         let mut out = Vec::new();
         for b in snap.brokers.values().filter(|b| b.live) {
-            let req = Req::DescribeBrokerStats(DescribeBrokerStatsRequest {});
+            let req = Req::DescribeBrokerStats(DescribeBrokerStatsRequest { reset_timings });
             let c = self.client.connection(&b.client_addr).await?;
             match self.client.call(&c, req).await? {
                 Resp::DescribeBrokerStats(s) => out.push(s),

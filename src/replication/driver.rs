@@ -51,6 +51,7 @@
 //! to notice a failure, never wrong.
 
 use super::raft_log::RaftLog;
+use super::timings::{Report, Timings};
 use crate::io::ClockRef;
 use crate::types::RecordBatch;
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
@@ -322,6 +323,7 @@ pub struct GroupStatus {
 pub struct StatusBoard {
     groups: Arc<Mutex<BTreeMap<u64, GroupStatus>>>,
     changed: watch::Receiver<u64>,
+    timings: Timings,
 }
 
 impl StatusBoard {
@@ -349,6 +351,12 @@ impl StatusBoard {
     /// A receiver that sees a new value whenever a high watermark moves.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changed.clone()
+    }
+
+    /// The driver's timings (rounds, group commits, tick lateness) since
+    /// the last reset; with `reset`, starts them afresh.
+    pub fn timings(&self, reset: bool) -> Report {
+        self.timings.report(reset)
     }
 }
 
@@ -413,6 +421,7 @@ pub struct Driver {
     unsynced: std::collections::BTreeSet<u64>,
     last_fsync: tokio::time::Instant,
     persist: Persist,
+    timings: Timings,
 }
 
 /// The driver's side of the persister task, which runs one group commit
@@ -424,8 +433,8 @@ struct Persist {
     done: mpsc::Receiver<PersistDone>,
     /// The persister's ends, until `run` starts it.
     task_ends: Option<(mpsc::Receiver<PersistJob>, mpsc::Sender<PersistDone>)>,
-    /// The job being synced.
-    in_flight: Option<u64>,
+    /// The job being synced, and when it was handed over.
+    in_flight: Option<(u64, tokio::time::Instant)>,
     /// The id the next job will have: readies handed off now wait for it.
     next_job: u64,
     /// Logs the next job syncs.
@@ -461,6 +470,17 @@ struct Unpersisted {
     number: u64,
     job: u64,
     messages: Vec<Message>,
+}
+
+/// What woke the driver loop.
+enum Wake {
+    /// A tick, due at this instant.
+    Tick(tokio::time::Instant),
+    Persisted(PersistDone),
+    /// An input, or None when every sender is gone.
+    Input(Option<Input>),
+    /// Nothing new, but groups were left with a Ready.
+    Ready,
 }
 
 /// Starts the persister: on a multi-threaded runtime a thread of its own
@@ -539,6 +559,7 @@ impl Driver {
         let (tx, rx) = mpsc::channel(queue_len);
         let (changed, watch_rx) = watch::channel(0);
         let board = Arc::new(Mutex::new(BTreeMap::new()));
+        let timings = Timings::new();
         let rng = ChaCha8Rng::seed_from_u64(config.seed);
         // One job in flight and one more queued at most: the driver sends
         // the next only after the last is done.
@@ -571,10 +592,12 @@ impl Driver {
             unsynced: Default::default(),
             last_fsync: tokio::time::Instant::now(),
             persist,
+            timings: timings.clone(),
         };
         let status = StatusBoard {
             groups: board,
             changed: watch_rx,
+            timings,
         };
         (driver, tx, status)
     }
@@ -599,17 +622,30 @@ impl Driver {
             // responses. Groups left with a Ready get another round as soon
             // as nothing else is waiting.
             let more = !self.touched.is_empty();
-            let stop = tokio::select! {
+            let wake = tokio::select! {
                 biased;
-                _ = ticker.tick() => { self.tick(); None }
-                Some(done) = self.persist.done.recv() => { self.on_persisted(done); None }
-                input = self.inputs.recv() => match input {
-                    None => Some(None),
-                    Some(input) => self.take_inputs(input),
-                },
-                _ = std::future::ready(()), if more => None,
+                due = ticker.tick() => Wake::Tick(due),
+                Some(done) = self.persist.done.recv() => Wake::Persisted(done),
+                input = self.inputs.recv() => Wake::Input(input),
+                _ = std::future::ready(()), if more => Wake::Ready,
+            };
+            let woke = tokio::time::Instant::now();
+            let stop = match wake {
+                Wake::Tick(due) => {
+                    self.timings.tick_late(woke.duration_since(due));
+                    self.tick();
+                    None
+                }
+                Wake::Persisted(done) => {
+                    self.on_persisted(done);
+                    None
+                }
+                Wake::Input(None) => Some(None),
+                Wake::Input(Some(input)) => self.take_inputs(input),
+                Wake::Ready => None,
             };
             self.round();
+            self.timings.round(woke.elapsed());
             if let Some(done) = stop {
                 self.finish_persisting().await;
                 self.shutdown();
@@ -958,6 +994,12 @@ impl Driver {
             return;
         };
         let needs_sync = (sync_entries && !rd.entries().is_empty()) || g.log.hard_state_dirty();
+        if g.log.has_pending_seals() {
+            // A segment rolled in step 2: its sealing sync rides on the
+            // next group commit, whatever the fsync policy, and nothing
+            // waits for it.
+            self.persist.next_logs.insert(id);
+        }
         if !needs_sync && g.unpersisted.is_empty() {
             if !rd.entries().is_empty() {
                 self.unsynced.insert(id);
@@ -1021,15 +1063,18 @@ impl Driver {
         if let Err(e) = self.persist.jobs.try_send(job) {
             panic!("the persister task is gone: {e}");
         }
-        self.persist.in_flight = Some(self.persist.next_job);
+        self.persist.in_flight = Some((self.persist.next_job, tokio::time::Instant::now()));
         self.persist.next_job += 1;
     }
 
     /// Step 4 for the Readies a job made durable: raft-rs hears of it, the
     /// messages that waited for it leave, acks=1 writers are answered.
     fn on_persisted(&mut self, done: PersistDone) {
-        debug_assert_eq!(self.persist.in_flight, Some(done.id));
-        self.persist.in_flight = None;
+        let in_flight = self.persist.in_flight.take();
+        debug_assert_eq!(in_flight.map(|(id, _)| id), Some(done.id));
+        if let Some((_, since)) = in_flight {
+            self.timings.group_commit(since.elapsed());
+        }
         for (id, log, cause) in done.failed {
             // Only if the group still runs on that log: a group removed
             // during the sync (its files deleted) and added again has a

@@ -199,6 +199,16 @@ async fn leading_group() -> Fixture {
 /// leader the first) with `fsync`; with `hold_dirs` the hard state saves
 /// are held from the start.
 async fn new_group(fsync: FsyncPolicy, hold_dirs: bool, voters: &[u64]) -> Fixture {
+    new_group_on(fsync, hold_dirs, voters, LogConfig::default()).await
+}
+
+/// [`new_group`] with the log's settings.
+async fn new_group_on(
+    fsync: FsyncPolicy,
+    hold_dirs: bool,
+    voters: &[u64],
+    log_config: LogConfig,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
     let dirs = Arc::new(Gate::default());
@@ -206,7 +216,7 @@ async fn new_group(fsync: FsyncPolicy, hold_dirs: bool, voters: &[u64]) -> Fixtu
         data: gate.clone(),
         dirs: dirs.clone(),
     });
-    let log = RaftLog::open(disk, dir.path(), LogConfig::default(), 0, voters).unwrap();
+    let log = RaftLog::open(disk, dir.path(), log_config, 0, voters).unwrap();
     dirs.set(hold_dirs, false);
     let logger = Logger::root(slog::Discard, slog::o!());
     let clock: ClockRef = Arc::new(TokioClock::starting_at(0));
@@ -307,6 +317,10 @@ async fn acks_wait_for_the_fsync_while_the_driver_appends_the_next_writes() {
         offsets[0] < offsets[1] && offsets[1] < offsets[2],
         "{offsets:?}"
     );
+    // The driver timed its rounds and group commits (what `weir bench`
+    // reports per broker).
+    let t = f.board.timings(false);
+    assert!(t.round.count > 0 && t.group_commit.count > 0, "{t:?}");
 }
 
 /// A failed background fsync fails the replica: its writers hear an error,
@@ -400,4 +414,44 @@ async fn a_response_queued_behind_a_sync_leaves_when_it_is_done() {
         sent.has(MessageType::MsgHeartbeatResponse)
     })
     .await;
+}
+
+/// With fsync never, a segment roll's sealing sync (the sealed segment's
+/// data, up to a whole segment of it, then its index file) runs on the
+/// persister: writers are answered while it is held, and the index file
+/// appears once it is done. The driver once ran it inline, stalling every
+/// group on the broker for as long as the fsync took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fsync_never_a_roll_is_sealed_in_the_background() {
+    let config = LogConfig {
+        segment_bytes: 2048,
+        index_interval_bytes: 256,
+        max_batch_bytes: 1024,
+        ..LogConfig::default()
+    };
+    let f = new_group_on(FsyncPolicy::Never, false, &[1], config).await;
+    let board = f.board.clone();
+    wait_for("group 1 to lead and commit", || {
+        board.get(1).is_some_and(|s| s.is_leader && s.commit >= 1)
+    })
+    .await;
+    f.gate.set(true, false);
+    let value = "v".repeat(300);
+    for _ in 0..12 {
+        let answer = propose(&f, &value, Acks::Leader).await.await.unwrap();
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+    assert!(f.log.with_log(|l| l.segment_count()) > 1, "no roll");
+    let gate = f.gate.clone();
+    wait_for("the sealing sync to reach the gate", || gate.held() == 1).await;
+    let index = f._dir.path().join(crate::storage::segment::index_name(0));
+    assert!(
+        !index.exists(),
+        "index file written before the segment's sync"
+    );
+    // Writers go on while it is held.
+    let answer = propose(&f, &value, Acks::Leader).await.await.unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    f.gate.set(false, false);
+    wait_for("the sealed segment's index file", || index.exists()).await;
 }

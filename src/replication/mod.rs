@@ -16,4 +16,5 @@
 
 pub mod driver;
 pub mod raft_log;
+pub mod timings;
 pub mod transport;

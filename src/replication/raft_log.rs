@@ -410,9 +410,7 @@ impl RaftLog {
     /// can append the next entries and fetches can read meanwhile; it
     /// covers every append made before the call.
     pub fn sync_with(&self, sync_data: bool) -> Result<()> {
-        if sync_data {
-            self.sync_entries()?;
-        }
+        self.sync_entries(sync_data)?;
         let dirty = {
             let st = self.lock();
             st.check_usable()?;
@@ -438,7 +436,7 @@ impl RaftLog {
         // The entries first, without the lock. Entries appended after this
         // sync may be covered by the commit saved below; opening clamps a
         // saved commit to the log's end, and the leader brings it back.
-        self.sync_entries()?;
+        self.sync_entries(true)?;
         self.save_hard_state()
     }
 
@@ -472,13 +470,31 @@ impl RaftLog {
     }
 
     /// Fsyncs the appended entries without holding the lock meanwhile.
-    fn sync_entries(&self) -> Result<()> {
-        let pending = self.lock().log.begin_sync()?;
+    /// Syncs the entries (`with_data`) and finishes the log's sealing syncs
+    /// (sealed segments' data and index files) in any case.
+    fn sync_entries(&self, with_data: bool) -> Result<()> {
+        let pending = {
+            let mut st = self.lock();
+            if with_data {
+                st.log.begin_sync()?
+            } else {
+                st.log.begin_sealing()?
+            }
+        };
         if let Some(pending) = pending {
             let result = pending.sync();
-            self.lock().log.end_sync(&pending, result)?;
+            if self.lock().log.end_sync(&pending, result)? {
+                let result = pending.sync_dir();
+                self.lock().log.end_sync_dir(result)?;
+            }
         }
         Ok(())
+    }
+
+    /// A sealed segment is waiting for its sealing sync: the driver hands
+    /// the log to the next group commit even when no entry needs syncing.
+    pub fn has_pending_seals(&self) -> bool {
+        self.lock().log.has_pending_seals()
     }
 
     /// Records the configuration produced by applying the conf change at

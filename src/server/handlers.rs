@@ -67,7 +67,7 @@ pub async fn handle(s: &Services, req: ClientRequest) -> ClientResponse {
         }),
         Req::DescribeLogDirs(r) => Resp::DescribeLogDirs(log_dirs(s, &r)),
         Req::TransferLeader(r) => Resp::TransferLeader(transfer_leader(s, &r).await),
-        Req::DescribeBrokerStats(_) => Resp::DescribeBrokerStats(broker_stats(s)),
+        Req::DescribeBrokerStats(r) => Resp::DescribeBrokerStats(broker_stats(s, r.reset_timings)),
     };
     ClientResponse {
         correlation_id,
@@ -390,9 +390,19 @@ fn log_dirs(s: &Services, r: &DescribeLogDirsRequest) -> DescribeLogDirsResponse
     }
 }
 
-fn broker_stats(s: &Services) -> DescribeBrokerStatsResponse {
+fn broker_stats(s: &Services, reset_timings: bool) -> DescribeBrokerStatsResponse {
     let process = crate::io::process::ProcessStats::read_self();
     let (groups, leading, quiet) = s.partitions.board.counts();
+    let timings = s.partitions.board.timings(reset_timings);
+    let summary = |t: crate::replication::timings::Summary| {
+        Some(crate::proto::DurationSummary {
+            count: t.count,
+            p50_us: t.p50_us,
+            p99_us: t.p99_us,
+            p999_us: t.p999_us,
+            max_us: t.max_us,
+        })
+    };
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     DescribeBrokerStatsResponse {
         broker_id: s.self_id,
@@ -403,5 +413,8 @@ fn broker_stats(s: &Services) -> DescribeBrokerStatsResponse {
         groups: count(groups),
         groups_leading: count(leading),
         groups_quiescent: count(quiet),
+        driver_round: summary(timings.round),
+        group_commit: summary(timings.group_commit),
+        tick_late: summary(timings.tick_late),
     }
 }

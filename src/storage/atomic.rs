@@ -13,12 +13,21 @@ pub const FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Replaces `dir/name` with `body` plus a CRC-32C trailer, durably.
 pub fn write(disk: &dyn Disk, dir: &Path, name: &str, body: &[u8]) -> Result<()> {
+    write_tmp(disk, dir, name, body)?;
+    rename_tmp(disk, dir, name)?;
+    disk.sync_dir(dir)
+        .map_err(io_err(format!("fsync directory {}", dir.display())))
+}
+
+/// The first half of [`write`]: `dir/name.tmp` holds `body` and its
+/// trailer, durably; `dir/name` is untouched. For writers that must check,
+/// between the two halves, that the new contents still hold.
+pub fn write_tmp(disk: &dyn Disk, dir: &Path, name: &str, body: &[u8]) -> Result<()> {
     assert!(
         body.len() as u64 + 4 <= FILE_BYTES_MAX,
         "atomic file too large"
     );
-    let tmp = dir.join(format!("{name}.tmp"));
-    let path = dir.join(name);
+    let tmp = tmp_path(dir, name);
     let mut file = disk
         .open(&tmp, OpenMode::CreateTruncate)
         .map_err(io_err(format!("create {}", tmp.display())))?;
@@ -28,12 +37,20 @@ pub fn write(disk: &dyn Disk, dir: &Path, name: &str, body: &[u8]) -> Result<()>
     file.append(&buf)
         .map_err(io_err(format!("write {}", tmp.display())))?;
     file.sync()
-        .map_err(io_err(format!("fsync {}", tmp.display())))?;
-    drop(file);
-    disk.rename(&tmp, &path)
-        .map_err(io_err(format!("rename {} to {name}", tmp.display())))?;
-    disk.sync_dir(dir)
-        .map_err(io_err(format!("fsync directory {}", dir.display())))
+        .map_err(io_err(format!("fsync {}", tmp.display())))
+}
+
+/// The second half of [`write`], but for the directory sync: the file
+/// written by [`write_tmp`] replaces `dir/name`.
+pub fn rename_tmp(disk: &dyn Disk, dir: &Path, name: &str) -> Result<()> {
+    let tmp = tmp_path(dir, name);
+    disk.rename(&tmp, &dir.join(name))
+        .map_err(io_err(format!("rename {} to {name}", tmp.display())))
+}
+
+/// Where [`write_tmp`] writes `name`.
+pub fn tmp_path(dir: &Path, name: &str) -> std::path::PathBuf {
+    dir.join(format!("{name}.tmp"))
 }
 
 /// Reads `dir/name` and checks its trailer; `Ok(None)` if it does not exist.

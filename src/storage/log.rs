@@ -80,22 +80,82 @@ pub struct PartitionLog {
     /// Appends so far (this process): tells [`Self::end_sync`] whether
     /// anything was appended while its sync ran.
     appends: u64,
+    /// Sealed segments whose sealing sync (data, then index file) has not
+    /// finished, oldest first: a roll hands it to the next sync instead of
+    /// running it on the appending thread.
+    sealing: Vec<Sealing>,
+    /// Rolls so far (this process): names each [`Sealing`].
+    rolls: u64,
+    /// Roll number up to which the directory was synced since (the new
+    /// segments' entries in it); behind `rolls` until the next sync.
+    dir_synced_rolls: u64,
     poisoned: Option<String>,
     torn_bytes_recovered: u64,
+}
+
+/// A sealed segment waiting for its sealing sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sealing {
+    base_offset: i64,
+    /// Which roll sealed it: a segment truncated back into the active one
+    /// and sealed again is another sealing, and a sync begun for the first
+    /// must not write the index file for the second.
+    roll: u64,
+    /// A sync under way covers it (one at a time: they share a temp file).
+    claimed: bool,
 }
 
 /// A sync under way outside the log; see [`PartitionLog::begin_sync`].
 #[derive(Debug)]
 pub struct PendingSync {
-    handle: crate::io::SyncHandle,
+    /// The active segment's data, when asked for and unsynced.
+    data: Option<(crate::io::SyncHandle, PathBuf)>,
     appends: u64,
+    /// Sync the directory (new segments' entries) as of this roll number.
+    dir_rolls: Option<u64>,
+    seals: Vec<PendingSeal>,
+    disk: DiskRef,
+    dir: PathBuf,
+}
+
+/// One sealing sync: the segment's data, then its index file's temp copy.
+#[derive(Debug)]
+struct PendingSeal {
+    sealing: Sealing,
+    handle: crate::io::SyncHandle,
     path: PathBuf,
+    summary: Vec<u8>,
 }
 
 impl PendingSync {
-    /// The fsync itself. Blocks; takes no lock of the log's.
-    pub fn sync(&self) -> std::io::Result<()> {
-        self.handle.sync()
+    /// The fsyncs themselves: each sealed segment's data then its index
+    /// file (written to a temp file; [`PartitionLog::end_sync`] renames it),
+    /// then the active segment. Blocks; takes no lock of the log's.
+    pub fn sync(&self) -> Result<()> {
+        for seal in &self.seals {
+            seal.handle
+                .sync()
+                .map_err(io_err(format!("fsync {}", seal.path.display())))?;
+            let name = segment::index_name(seal.sealing.base_offset);
+            atomic::write_tmp(self.disk.as_ref(), &self.dir, &name, &seal.summary)?;
+        }
+        if let Some((handle, path)) = &self.data {
+            handle
+                .sync()
+                .map_err(io_err(format!("fsync {}", path.display())))?;
+        }
+        if self.dir_rolls.is_some() {
+            sync_dir(self.disk.as_ref(), &self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// After [`PartitionLog::end_sync`] said index files were renamed: the
+    /// directory sync that makes the renames durable, outside the log's
+    /// lock. Nothing waits for it but tidiness: a lost rename only means
+    /// the segment is scanned again when the log is opened.
+    pub fn sync_dir(&self) -> Result<()> {
+        sync_dir(self.disk.as_ref(), &self.dir)
     }
 }
 
@@ -118,6 +178,9 @@ impl PartitionLog {
             active_since_ms: now_ms,
             unsynced: false,
             appends: 0,
+            sealing: Vec::new(),
+            rolls: 0,
+            dir_synced_rolls: 0,
             poisoned: None,
             torn_bytes_recovered: 0,
         };
@@ -139,14 +202,24 @@ impl PartitionLog {
                 });
             }
             let seg = if i + 1 < bases.len() {
-                Segment::open_sealed(
+                let (seg, torn) = Segment::open_sealed(
                     disk.as_ref(),
                     &self.dir,
                     base,
                     next_index,
                     max,
                     &mut self.terms,
-                )?
+                )?;
+                if let Some(torn) = torn {
+                    // Its sealing sync never finished: what followed the
+                    // tear was never synced either, and the later segments
+                    // cannot follow a gap. The cut segment is active again.
+                    self.drop_segments_after(&seg, &bases[i + 1..])?;
+                    self.torn_bytes_recovered = torn;
+                    self.segments.push(seg);
+                    break;
+                }
+                seg
             } else {
                 let (seg, torn) = Segment::open_active(
                     disk.as_ref(),
@@ -169,6 +242,21 @@ impl PartitionLog {
             self.segments.push(seg);
         }
         Ok(())
+    }
+
+    /// Removes the files of the segments at `later` (after `seg`, whose tail
+    /// was torn), and `seg`'s own index file, durably.
+    fn drop_segments_after(&self, seg: &Segment, later: &[i64]) -> Result<()> {
+        let disk = self.disk.as_ref();
+        for &b in later {
+            remove_segment_files(disk, &self.dir, b)?;
+        }
+        let index = self.dir.join(segment::index_name(seg.base_offset));
+        if disk.exists(&index) {
+            disk.remove_file(&index)
+                .map_err(io_err(format!("remove {}", index.display())))?;
+        }
+        sync_dir(disk, &self.dir)
     }
 
     /// Bytes of torn tail cut off when the log was opened.
@@ -315,80 +403,177 @@ impl PartitionLog {
                 || now_ms.saturating_sub(self.active_since_ms) >= self.config.segment_ms)
     }
 
-    /// Seals the active segment and starts a new one. The new file's
-    /// directory entry is synced before anything is written to it.
+    /// Seals the active segment and starts a new one. Nothing here waits
+    /// for the disk: the new file's directory entry, the sealed segment's
+    /// data and its index file are all left to the next sync
+    /// ([`Self::begin_sync`]), which acknowledges nothing before they are
+    /// durable. Run inline, on the thread that appends for every partition
+    /// of the broker, they stalled it for as long as the disk took: with
+    /// `fsync` never up to `segment.bytes` of data, and a directory fsync
+    /// behind a busy journal took 50 ms.
     fn roll(&mut self) -> Result<()> {
         let disk = self.disk.clone();
         let active = self.active();
-        let terms = terms_within(&self.terms, active.base_index, active.next_index);
-        active.seal(disk.as_ref(), &self.dir, &terms)?;
-        let seg = Segment::create(
-            disk.as_ref(),
-            &self.dir,
-            active.next_offset,
-            active.next_index,
-        )?;
-        sync_dir(disk.as_ref(), &self.dir)?;
+        let (base_offset, next_offset, next_index) =
+            (active.base_offset, active.next_offset, active.next_index);
+        let seg = Segment::create(disk.as_ref(), &self.dir, next_offset, next_index)?;
+        self.rolls += 1;
+        self.sealing.push(Sealing {
+            base_offset,
+            roll: self.rolls,
+            claimed: false,
+        });
         self.segments.push(seg);
-        self.unsynced = false;
         Ok(())
     }
 
-    /// Makes every append so far durable. After an error the log is
-    /// poisoned: the failed fsync may have dropped the data.
+    /// Makes every append so far durable, and finishes every sealing sync.
+    /// After an error the log is poisoned: the failed fsync may have dropped
+    /// the data.
     pub fn sync(&mut self) -> Result<()> {
-        self.check_usable()?;
-        if !self.unsynced {
-            return Ok(());
+        if let Some(pending) = self.begin_sync()? {
+            let result = pending.sync();
+            if self.end_sync(&pending, result)? {
+                self.end_sync_dir(pending.sync_dir())?;
+            }
         }
-        if let Err(e) = self.active().sync() {
-            let path = self.active().path.display().to_string();
-            return Err(self.poison(StorageError::Io {
-                context: format!("fsync {path}"),
-                source: e,
-            }));
-        }
-        self.unsynced = false;
         Ok(())
+    }
+
+    /// A roll's syncs (sealed segments, the directory) have not begun.
+    pub fn has_pending_seals(&self) -> bool {
+        self.sealing.iter().any(|s| !s.claimed) || self.dir_synced_rolls < self.rolls
     }
 
     /// Starts a sync that runs without borrowing the log, so that appends
-    /// can go on meanwhile: fsync the returned handle, then pass the result
-    /// to [`Self::end_sync`]. None when every append is already durable.
-    pub fn begin_sync(&self) -> Result<Option<PendingSync>> {
+    /// can go on meanwhile: call [`PendingSync::sync`], then pass the result
+    /// to [`Self::end_sync`]. It covers every append made before it began
+    /// and the sealing syncs not already under way. None when there is
+    /// nothing to sync.
+    pub fn begin_sync(&mut self) -> Result<Option<PendingSync>> {
+        self.begin(true)
+    }
+
+    /// Like [`Self::begin_sync`] but for the sealing syncs only: with
+    /// `fsync` never the active segment is left to the OS, but a sealed
+    /// segment still gets its index file (and so its sync first).
+    pub fn begin_sealing(&mut self) -> Result<Option<PendingSync>> {
+        self.begin(false)
+    }
+
+    fn begin(&mut self, with_data: bool) -> Result<Option<PendingSync>> {
         self.check_usable()?;
-        if !self.unsynced {
+        let mut seals = Vec::new();
+        for i in 0..self.sealing.len() {
+            if self.sealing[i].claimed {
+                continue;
+            }
+            let pending = self.pending_seal(self.sealing[i])?;
+            self.sealing[i].claimed = true;
+            seals.push(pending);
+        }
+        let data = if with_data && self.unsynced {
+            let path = self.active().path.clone();
+            let handle = self.active().sync_handle().map_err(|e| StorageError::Io {
+                context: format!("open {} for fsync", path.display()),
+                source: e,
+            })?;
+            Some((handle, path))
+        } else {
+            None
+        };
+        let dir_rolls = (self.dir_synced_rolls < self.rolls).then_some(self.rolls);
+        if data.is_none() && seals.is_empty() && dir_rolls.is_none() {
             return Ok(None);
         }
-        let path = self.active().path.clone();
-        let handle = self.active().sync_handle().map_err(|e| StorageError::Io {
-            context: format!("open {} for fsync", path.display()),
-            source: e,
-        })?;
         Ok(Some(PendingSync {
-            handle,
+            data,
             appends: self.appends,
-            path,
+            dir_rolls,
+            seals,
+            disk: self.disk.clone(),
+            dir: self.dir.clone(),
         }))
     }
 
+    fn pending_seal(&self, sealing: Sealing) -> Result<PendingSeal> {
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.base_offset == sealing.base_offset)
+            .expect("a sealing segment is in the log");
+        assert!(
+            !std::ptr::eq(seg, self.active()),
+            "the active segment is never sealing"
+        );
+        let handle = seg.sync_handle().map_err(|e| StorageError::Io {
+            context: format!("open {} for fsync", seg.path.display()),
+            source: e,
+        })?;
+        Ok(PendingSeal {
+            sealing,
+            handle,
+            path: seg.path.clone(),
+            summary: seg.summary_bytes(&self.terms),
+        })
+    }
+
     /// Finishes a sync begun with [`Self::begin_sync`]: every append made
-    /// before it began is durable if `result` is Ok. A failed fsync poisons
-    /// the log, as in [`Self::sync`].
-    pub fn end_sync(&mut self, pending: &PendingSync, result: std::io::Result<()>) -> Result<()> {
+    /// before it began is durable if `result` is Ok, and each sealed
+    /// segment it covered gets its index file, if the segment is still as
+    /// it was sealed (a truncation meanwhile makes it active again, a
+    /// retention pass may remove it). A failed fsync poisons the log, as in
+    /// [`Self::sync`]. Returns whether index files were renamed into place
+    /// (see [`PendingSync::sync_dir`]).
+    pub fn end_sync(&mut self, pending: &PendingSync, result: Result<()>) -> Result<bool> {
         self.check_usable()?;
         if let Err(e) = result {
-            return Err(self.poison(StorageError::Io {
-                context: format!("fsync {}", pending.path.display()),
-                source: e,
-            }));
+            return Err(self.poison(e));
         }
-        // Appends made while the sync ran may have missed it (a roll in
-        // between synced them itself, and cleared the flag then).
-        if self.appends == pending.appends {
+        let mut renamed = false;
+        for seal in &pending.seals {
+            let name = segment::index_name(seal.sealing.base_offset);
+            let (base, roll) = (seal.sealing.base_offset, seal.sealing.roll);
+            let at = self
+                .sealing
+                .iter()
+                .position(|s| s.base_offset == base && s.roll == roll);
+            if let Some(at) = at {
+                self.sealing.remove(at);
+                atomic::rename_tmp(self.disk.as_ref(), &self.dir, &name)
+                    .map_err(|e| self.poison(e))?;
+                renamed = true;
+            } else {
+                let tmp = atomic::tmp_path(&self.dir, &name);
+                if self.disk.exists(&tmp) {
+                    let removed = self.disk.remove_file(&tmp);
+                    removed
+                        .map_err(io_err(format!("remove {}", tmp.display())))
+                        .map_err(|e| self.poison(e))?;
+                }
+            }
+        }
+        // Appends made while the sync ran missed it.
+        if pending.data.is_some() && self.appends == pending.appends {
             self.unsynced = false;
         }
-        Ok(())
+        if let Some(rolls) = pending.dir_rolls {
+            self.dir_synced_rolls = self.dir_synced_rolls.max(rolls);
+        }
+        Ok(renamed)
+    }
+
+    /// Takes the result of [`PendingSync::sync_dir`]: a failed directory
+    /// sync poisons the log like any failed fsync.
+    pub fn end_sync_dir(&mut self, result: Result<()>) -> Result<()> {
+        result.map_err(|e| self.poison(e))
+    }
+
+    /// Forgets sealing syncs of segments that are gone or active again.
+    fn forget_stale_sealing(&mut self) {
+        let sealed = &self.segments[..self.segments.len() - 1];
+        self.sealing
+            .retain(|s| sealed.iter().any(|g| g.base_offset == s.base_offset));
     }
 
     /// Removes entries `from_index` and after (Raft conflict resolution).
@@ -406,6 +591,7 @@ impl PartitionLog {
         }
         self.truncate_inner(from_index)
             .map_err(|e| self.poison(e))?;
+        self.forget_stale_sealing();
         self.check_invariants();
         Ok(())
     }
@@ -501,6 +687,7 @@ impl PartitionLog {
             prev_term,
         };
         self.reset_inner(start).map_err(|e| self.poison(e))?;
+        self.forget_stale_sealing();
         self.check_invariants();
         Ok(())
     }
@@ -754,6 +941,7 @@ impl PartitionLog {
         }
         sync_dir(self.disk.as_ref(), &self.dir)?;
         self.terms = terms_within(&self.terms, start.index, self.last_index() + 1);
+        self.forget_stale_sealing();
         self.check_invariants();
         Ok(out)
     }
@@ -781,6 +969,13 @@ impl PartitionLog {
                 "terms start at the log start"
             );
         }
+        let sealed = &self.segments[..self.segments.len() - 1];
+        assert!(
+            self.sealing
+                .iter()
+                .all(|s| sealed.iter().any(|g| g.base_offset == s.base_offset)),
+            "only sealed segments wait for a sealing sync"
+        );
         assert!(self
             .terms
             .windows(2)
@@ -809,10 +1004,14 @@ fn remove_segment_files(disk: &dyn crate::io::Disk, dir: &Path, base: i64) -> Re
     let log = dir.join(segment::log_name(base));
     disk.remove_file(&log)
         .map_err(io_err(format!("remove {}", log.display())))?;
-    let index = dir.join(segment::index_name(base));
-    if disk.exists(&index) {
-        disk.remove_file(&index)
-            .map_err(io_err(format!("remove {}", index.display())))?;
+    let name = segment::index_name(base);
+    // The temp copy is left only by a sealing sync a crash or a truncation
+    // interrupted.
+    for index in [dir.join(&name), atomic::tmp_path(dir, &name)] {
+        if disk.exists(&index) {
+            disk.remove_file(&index)
+                .map_err(io_err(format!("remove {}", index.display())))?;
+        }
     }
     Ok(())
 }

@@ -179,8 +179,15 @@ impl Segment {
     }
 
     /// Opens a sealed segment from its index file, or by scanning it (with
-    /// CRC checks) if the index file is missing or does not match. Any damage
-    /// in a sealed segment is corruption: it was synced before it was sealed.
+    /// CRC checks) if the index file is missing or does not match. Returns
+    /// the bytes of torn tail cut off, if any.
+    ///
+    /// A segment with a matching index file was synced before the index was
+    /// written, so it is adopted as it stands. Without one, its sync may
+    /// not have finished (the log rolls on and the sealing sync runs in the
+    /// background): a torn write at its end is cut off, as in the active
+    /// segment, and the caller must then drop every later segment. Damage
+    /// that is not a torn write is corruption.
     pub fn open_sealed(
         disk: &dyn Disk,
         dir: &Path,
@@ -188,7 +195,7 @@ impl Segment {
         base_index: u64,
         max_batch_bytes: usize,
         terms: &mut Vec<TermRun>,
-    ) -> Result<Self> {
+    ) -> Result<(Self, Option<u64>)> {
         let mut seg = Self::open_file(disk, dir, base_offset, base_index)?;
         let file_len = seg
             .file
@@ -197,13 +204,11 @@ impl Segment {
         if let Some(summary) = read_summary(disk, dir, base_offset) {
             if summary.size_bytes == file_len && summary.base_index == base_index {
                 seg.adopt(summary, terms);
-                return Ok(seg);
+                return Ok((seg, None));
             }
         }
-        match seg.rebuild(file_len, max_batch_bytes, terms) {
-            Ok(()) => Ok(seg),
-            Err((position, reason)) => Err(seg.corrupt(position, reason)),
-        }
+        let torn = seg.recover(file_len, max_batch_bytes, terms)?;
+        Ok((seg, torn))
     }
 
     /// Opens the active (last) segment, validating every batch. A torn write
@@ -221,28 +226,40 @@ impl Segment {
             .file
             .len()
             .map_err(io_err(format!("stat {}", seg.path.display())))?;
+        let torn = seg.recover(file_len, max_batch_bytes, terms)?;
+        Ok((seg, torn))
+    }
+
+    /// Scans the whole file with CRC checks; a torn tail is cut off
+    /// (durably) and its length returned.
+    fn recover(
+        &mut self,
+        file_len: u64,
+        max_batch_bytes: usize,
+        terms: &mut Vec<TermRun>,
+    ) -> Result<Option<u64>> {
         let terms_before = terms.len();
-        let Err((position, reason)) = seg.rebuild(file_len, max_batch_bytes, terms) else {
-            return Ok((seg, None));
+        let Err((position, reason)) = self.rebuild(file_len, max_batch_bytes, terms) else {
+            return Ok(None);
         };
-        let torn = damage_is_torn_write(seg.file.as_ref(), position, file_len, max_batch_bytes)
-            .map_err(io_err(format!("read {}", seg.path.display())))?;
+        let torn = damage_is_torn_write(self.file.as_ref(), position, file_len, max_batch_bytes)
+            .map_err(io_err(format!("read {}", self.path.display())))?;
         if !torn {
-            return Err(seg.corrupt(position, reason));
+            return Err(self.corrupt(position, reason));
         }
         // Everything from the damage on was never synced: cut it off and
         // make the cut durable before anything is appended after it.
-        seg.file
+        self.file
             .truncate(position)
-            .and_then(|()| seg.file.sync())
+            .and_then(|()| self.file.sync())
             .map_err(io_err(format!(
                 "truncate torn tail of {}",
-                seg.path.display()
+                self.path.display()
             )))?;
         terms.truncate(terms_before);
-        seg.rebuild(position, max_batch_bytes, terms)
-            .map_err(|(p, r)| seg.corrupt(p, r))?;
-        Ok((seg, Some(file_len - position)))
+        self.rebuild(position, max_batch_bytes, terms)
+            .map_err(|(p, r)| self.corrupt(p, r))?;
+        Ok(Some(file_len - position))
     }
 
     fn open_file(disk: &dyn Disk, dir: &Path, base_offset: i64, base_index: u64) -> Result<Self> {
@@ -313,13 +330,12 @@ impl Segment {
         self.file.sync_handle()
     }
 
-    /// Syncs the segment and writes its index file: from now on it is never
-    /// written again. `terms` are the runs covering this segment's entries.
-    pub fn seal(&self, disk: &dyn Disk, dir: &Path, terms: &[TermRun]) -> Result<()> {
-        self.file
-            .sync()
-            .map_err(io_err(format!("fsync {}", self.path.display())))?;
-        let summary = SegmentSummary {
+    /// The index file's contents for this segment once sealed (never
+    /// written again). `terms` are the log's term runs. The caller writes
+    /// it only after the segment's data is durable: an index file present
+    /// means its segment was synced whole.
+    pub fn summary_bytes(&self, terms: &[TermRun]) -> Vec<u8> {
+        SegmentSummary {
             base_offset: self.base_offset,
             base_index: self.base_index,
             next_offset: self.next_offset,
@@ -328,8 +344,8 @@ impl Segment {
             max_timestamp: self.max_timestamp,
             terms: terms_within(terms, self.base_index, self.next_index),
             entries: self.entries.clone(),
-        };
-        atomic::write(disk, dir, &index_name(self.base_offset), &summary.encode())
+        }
+        .encode()
     }
 
     /// Finds the batch matching `target`, or `None` if it lies at or past the

@@ -449,7 +449,9 @@ impl PartitionLog {
     /// can go on meanwhile: call [`PendingSync::sync`], then pass the result
     /// to [`Self::end_sync`]. It covers every append made before it began
     /// and the sealing syncs not already under way. None when there is
-    /// nothing to sync.
+    /// nothing to sync. A log's syncs must not overlap (the driver runs one
+    /// group commit at a time): a sealing sync claimed by one under way is
+    /// not covered by another.
     pub fn begin_sync(&mut self) -> Result<Option<PendingSync>> {
         self.begin(true)
     }

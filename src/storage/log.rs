@@ -417,6 +417,9 @@ impl PartitionLog {
         let (base_offset, next_offset, next_index) =
             (active.base_offset, active.next_offset, active.next_index);
         let seg = Segment::create(disk.as_ref(), &self.dir, next_offset, next_index)?;
+        if let Some(sealed) = self.segments.last_mut() {
+            sealed.forget_recent();
+        }
         self.rolls += 1;
         self.sealing.push(Sealing {
             base_offset,
@@ -652,6 +655,9 @@ impl PartitionLog {
             // The segment's last entry: no read needed.
             return Ok(seg.next_offset);
         }
+        if let Some(r) = seg.recent_by_index(index) {
+            return Ok(r.next_offset);
+        }
         let at = seg
             .locate(Target::Index(index), self.config.max_batch_bytes)?
             .ok_or_else(|| {
@@ -759,11 +765,11 @@ impl PartitionLog {
             .partition_point(|s| s.base_offset <= from_offset)
             - 1;
         for seg in &self.segments[i..] {
-            let Some(at) = seg.locate(Target::Offset(from_offset), max)? else {
+            let Some((position, index)) = seg.find(Target::Offset(from_offset), max)? else {
                 continue;
             };
             let (bytes, batches) =
-                seg.read_batches(at.position, max_bytes, max_offset, u64::MAX, at.index, max)?;
+                seg.read_batches(position, max_bytes, max_offset, u64::MAX, index, max)?;
             return Ok(FetchedBatches { bytes, batches });
         }
         Ok(FetchedBatches::default())
@@ -807,7 +813,9 @@ impl PartitionLog {
             if next >= high || (budget == 0 && !out.is_empty()) {
                 break;
             }
-            let Some(at) = seg.locate(Target::Index(next), self.config.max_batch_bytes)? else {
+            let Some((position, index)) =
+                seg.find(Target::Index(next), self.config.max_batch_bytes)?
+            else {
                 continue;
             };
             let limit = if out.is_empty() {
@@ -816,18 +824,18 @@ impl PartitionLog {
                 budget.max(1)
             };
             let (bytes, count) = seg.read_batches(
-                at.position,
+                position,
                 limit,
                 i64::MAX,
                 high,
-                at.index,
+                index,
                 self.config.max_batch_bytes,
             )?;
             if !out.is_empty() && bytes.len() > budget {
                 break;
             }
             budget = budget.saturating_sub(bytes.len());
-            self.split_batches(seg, at.position, bytes, count, &mut next, &mut out)?;
+            self.split_batches(seg, position, bytes, count, &mut next, &mut out)?;
         }
         Ok(out)
     }
@@ -1240,5 +1248,60 @@ mod tests {
         assert_eq!(log.log_start_offset(), start.offset);
         assert_eq!((log.first_index(), log.last_index()), (start.index, last));
         assert!(!dir.path().join(segment::index_name(0)).exists());
+    }
+
+    /// The recent batches an active segment remembers find the same batch
+    /// as a scan from the sparse index, for every offset and entry, before
+    /// and after the oldest are dropped and after a truncation.
+    #[test]
+    fn recent_batches_agree_with_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            index_interval_bytes: 512,
+            max_batch_bytes: 4096,
+            ..LogConfig::default()
+        };
+        let mut log = PartitionLog::open(Arc::new(RealDisk), dir.path(), config, 0).unwrap();
+        let check = |log: &PartitionLog| {
+            let seg = log.active();
+            let mut hits = 0;
+            for index in seg.base_index..seg.next_index {
+                let scanned = seg.locate(Target::Index(index), 4096).unwrap().unwrap();
+                if let Some(r) = seg.recent_by_index(index) {
+                    hits += 1;
+                    assert_eq!((r.position, r.index), (scanned.position, index));
+                    assert_eq!(r.next_offset, scanned.header.next_offset());
+                    assert_eq!(r.base_offset, scanned.header.base_offset);
+                }
+                let offsets = scanned.header.base_offset..scanned.header.next_offset();
+                for offset in offsets {
+                    let by_offset = seg.find(Target::Offset(offset), 4096).unwrap();
+                    assert_eq!(
+                        by_offset,
+                        Some((scanned.position, index)),
+                        "offset {offset}"
+                    );
+                }
+                assert_eq!(
+                    log.next_offset_after_index(index).unwrap(),
+                    scanned.header.next_offset()
+                );
+            }
+            hits
+        };
+        for i in 1..=100 {
+            log.append(batch(i), 1, i, 0).unwrap();
+        }
+        assert_eq!(check(&log), 100);
+        for i in 101..=600 {
+            log.append(batch(i), 1, i, 0).unwrap();
+        }
+        assert_eq!(check(&log), 256, "only the newest are remembered");
+        log.truncate_suffix(450).unwrap();
+        assert_eq!(log.last_index(), 449);
+        check(&log);
+        log.append(batch(450), 2, 450, 0).unwrap();
+        check(&log);
     }
 }

@@ -8,6 +8,7 @@ use crate::io::{read_exact_at, Disk, DiskFile, OpenMode};
 use crate::types::record::HEADER_SIZE;
 use crate::types::BatchHeader;
 use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 /// File name of the segment whose first offset is `base_offset`.
@@ -58,6 +59,25 @@ pub struct Extent {
     pub max_timestamp: i64,
     entries: Vec<IndexEntry>,
     bytes_since_entry: u64,
+    /// The last batches appended, oldest first, consecutive, at most
+    /// [`RECENT_BATCHES`]: readers at the tail (a leader sending entries a
+    /// follower has not got, a consumer keeping up, the high watermark after
+    /// a commit) find their batch here instead of scanning headers from the
+    /// last sparse index entry, a file read each time.
+    recent: VecDeque<Recent>,
+}
+
+/// Batches remembered per active segment: 32 bytes each. At 300,000
+/// records/s per partition in batches of 100, a quarter of a second.
+const RECENT_BATCHES: usize = 256;
+
+/// Where one recently appended batch is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recent {
+    pub index: u64,
+    pub position: u64,
+    pub base_offset: i64,
+    pub next_offset: i64,
 }
 
 impl std::ops::Deref for Segment {
@@ -78,7 +98,34 @@ impl Extent {
             max_timestamp: i64::MIN,
             entries: Vec::new(),
             bytes_since_entry: 0,
+            recent: VecDeque::new(),
         }
+    }
+
+    /// The recent batch that is Raft entry `index`, if remembered.
+    pub fn recent_by_index(&self, index: u64) -> Option<Recent> {
+        let first = self.recent.front()?.index;
+        let at = usize::try_from(index.checked_sub(first)?).ok()?;
+        let r = *self.recent.get(at)?;
+        debug_assert_eq!(r.index, index);
+        Some(r)
+    }
+
+    /// The recent batch holding `offset`, if remembered.
+    pub fn recent_by_offset(&self, offset: i64) -> Option<Recent> {
+        let (first, last) = (self.recent.front()?, self.recent.back()?);
+        if offset < first.base_offset || offset >= last.next_offset {
+            return None;
+        }
+        let at = self.recent.partition_point(|r| r.next_offset <= offset);
+        let r = *self.recent.get(at)?;
+        debug_assert!(r.base_offset <= offset && offset < r.next_offset);
+        Some(r)
+    }
+
+    /// Stops remembering recent batches (a sealed segment's are dropped).
+    pub fn forget_recent(&mut self) {
+        self.recent = VecDeque::new();
     }
 
     /// Updates the extent and sparse index for a batch just written at the
@@ -93,6 +140,15 @@ impl Extent {
             });
             self.bytes_since_entry = 0;
         }
+        if self.recent.len() == RECENT_BATCHES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Recent {
+            index: self.next_index,
+            position: self.size_bytes,
+            base_offset: header.base_offset,
+            next_offset: header.next_offset(),
+        });
         let size = header.size_bytes() as u64;
         self.size_bytes += size;
         self.bytes_since_entry += size;
@@ -322,6 +378,11 @@ impl Segment {
         self.size_bytes == 0
     }
 
+    /// See [`Extent::forget_recent`].
+    pub fn forget_recent(&mut self) {
+        self.x.forget_recent();
+    }
+
     pub fn sync(&self) -> std::io::Result<()> {
         self.file.sync()
     }
@@ -346,6 +407,23 @@ impl Segment {
             entries: self.entries.clone(),
         }
         .encode()
+    }
+
+    /// The position and index of the batch holding offset or entry `target`
+    /// (not a timestamp): from the recent batches when they hold it, else
+    /// as [`Self::locate`] finds it.
+    pub fn find(&self, target: Target, max_batch_bytes: usize) -> Result<Option<(u64, u64)>> {
+        let recent = match target {
+            Target::Offset(o) => self.recent_by_offset(o),
+            Target::Index(i) => self.recent_by_index(i),
+            Target::Timestamp(_) => None,
+        };
+        if let Some(r) = recent {
+            return Ok(Some((r.position, r.index)));
+        }
+        Ok(self
+            .locate(target, max_batch_bytes)?
+            .map(|at| (at.position, at.index)))
     }
 
     /// Finds the batch matching `target`, or `None` if it lies at or past the

@@ -248,6 +248,9 @@ pub struct Summary {
     /// Produce and e2e: the brokers' driver timings over the run (empty
     /// where the brokers cannot say).
     pub brokers: Vec<super::brokers::BrokerTimings>,
+    /// Produce and e2e: the machine's stalls over the run, as the client
+    /// saw them (see `hiccup`).
+    pub hiccups: Option<super::hiccup::Hiccups>,
 }
 
 impl Summary {
@@ -299,6 +302,12 @@ pub fn render(s: &Summary, output: Output) -> String {
             if let Some(ratio) = s.write_amplification.and_then(|a| a.ratio()) {
                 fields.push(("write_amplification", num(ratio)));
             }
+            if let Some(h) = s.hiccups {
+                fields.push((
+                    "hiccup_ms",
+                    Json::obj([("p99", num(h.p99_ms)), ("max", num(h.max_ms))]),
+                ));
+            }
             if !s.brokers.is_empty() {
                 fields.push(("brokers", super::brokers::json(&s.brokers)));
             }
@@ -328,6 +337,12 @@ pub fn render(s: &Summary, output: Output) -> String {
                         a.disk_bytes, a.log_bytes
                     ));
                 }
+            }
+            if let Some(h) = s.hiccups {
+                out.push_str(&format!(
+                    "client hiccups (1 ms sleeps woken late) ms: p99 {:.2}  max {:.2}\n",
+                    h.p99_ms, h.max_ms
+                ));
             }
             out.push_str(&super::brokers::text(&s.brokers));
             out
@@ -492,6 +507,7 @@ pub fn run_produce(args: &ProduceArgs) -> Result<Summary, String> {
         let admin = Admin::new(client.clone());
         let amplification_start = super::amplification::snapshot(&admin, &args.topic).await;
         let timed = super::brokers::reset(&admin).await;
+        let hiccups = super::hiccup::start();
         let mut producer_config = ProducerConfig {
             acks: args.acks,
             linger: Duration::from_millis(args.linger_ms),
@@ -550,6 +566,7 @@ pub fn run_produce(args: &ProduceArgs) -> Result<Summary, String> {
                 .and_then(|end| super::amplification::between(&start, &end)),
             None => None,
         };
+        let hiccups = hiccups.and_then(|m| m.stop());
         let brokers = match timed {
             true => super::brokers::read(&admin).await,
             false => Vec::new(),
@@ -562,6 +579,7 @@ pub fn run_produce(args: &ProduceArgs) -> Result<Summary, String> {
             latency: Some(Latency::of(&progress.histogram())),
             write_amplification,
             brokers,
+            hiccups,
         })
     })
 }
@@ -797,6 +815,7 @@ pub fn run_consume(args: &ConsumeArgs) -> Result<Summary, String> {
             latency: None,
             write_amplification: None,
             brokers: Vec::new(),
+            hiccups: None,
         })
     })
 }
@@ -854,6 +873,7 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
         .await
         .map_err(|e| e.to_string())?;
         let timed = super::brokers::reset(&admin).await;
+        let hiccups = super::hiccup::start();
         let progress = Progress::new()?;
         spawn_progress("e2e", progress.clone(), true);
         // Send times are nanoseconds since `base`, which sender and receiver
@@ -964,6 +984,7 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
                 .await
                 .unwrap_or_else(|e| Err(format!("the sender task failed: {e}")))?;
         }
+        let hiccups = hiccups.and_then(|m| m.stop());
         let brokers = match timed {
             true => super::brokers::read(&admin).await,
             false => Vec::new(),
@@ -976,6 +997,7 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
             latency: Some(Latency::of(&progress.histogram())),
             write_amplification: None,
             brokers,
+            hiccups,
         })
     })
 }
@@ -999,6 +1021,7 @@ mod tests {
             }),
             write_amplification: None,
             brokers: Vec::new(),
+            hiccups: None,
         };
         let j = render(&s, Output::Json);
         assert!(j.starts_with(r#"{"records":1000,"records_per_sec":2000,"mb_per_sec":0.19,"latency_ms":{"p50":1,"p99":2,"p999":3,"max":4}"#), "{j}");

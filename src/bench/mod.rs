@@ -12,12 +12,15 @@
 //!   throughput and latency through the client library.
 //! - [`brokers`]: the brokers' Raft driver timings over a produce or e2e
 //!   run, printed with its results.
+//! - [`hiccup`]: the machine's own stalls during a run, as the client
+//!   sees them.
 //! - [`partitions`]: `weir bench partitions`, what many partitions cost a
 //!   running cluster in CPU and memory, idle and under a light load.
 
 pub mod amplification;
 pub mod brokers;
 pub mod client;
+pub mod hiccup;
 pub mod log;
 pub mod partitions;
 

@@ -319,7 +319,7 @@ impl Producer {
         // Bytes the record takes in a batch of its own: the buffer is
         // accounted in these (a record deep in a batch may differ by a byte
         // or two of varints).
-        let size = BatchBuilder::new().record_size_bytes(&event);
+        let size = BatchBuilder::lone_record_size_bytes(&event);
         let limit = inner
             .config
             .max_record_bytes

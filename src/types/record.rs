@@ -777,23 +777,16 @@ impl BatchBuilder {
         varlong_len(body as i64) + body
     }
 
+    /// Bytes `e` takes as the first record of a batch, without a builder
+    /// (whose buffer is an allocation): what a producer accounts per record.
+    pub fn lone_record_size_bytes(e: &Event) -> usize {
+        let body = body_len_at(e, 0, 0);
+        varlong_len(body as i64) + body
+    }
+
     fn body_len(&self, e: &Event) -> usize {
         let ts_delta = e.timestamp_ms.wrapping_sub(self.base_ts_for(e));
-        let opt_len = |b: &Option<Bytes>| match b {
-            None => 1,
-            Some(b) => varlong_len(b.len() as i64) + b.len(),
-        };
-        let headers: usize = e
-            .headers
-            .iter()
-            .map(|h| varlong_len(h.key.len() as i64) + h.key.len() + opt_len(&h.value))
-            .sum();
-        1 + varlong_len(ts_delta)
-            + varlong_len(self.count as i64)
-            + opt_len(&e.key)
-            + opt_len(&e.value)
-            + varlong_len(e.headers.len() as i64)
-            + headers
+        body_len_at(e, ts_delta, self.count)
     }
 
     fn base_ts_for(&self, e: &Event) -> i64 {
@@ -853,6 +846,26 @@ impl BatchBuilder {
         buf[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
         RecordBatch { buf: buf.freeze() }
     }
+}
+
+/// Bytes of a record's body (after its length varint) at `ts_delta` and
+/// `offset_delta` in its batch.
+fn body_len_at(e: &Event, ts_delta: i64, offset_delta: i32) -> usize {
+    let opt_len = |b: &Option<Bytes>| match b {
+        None => 1,
+        Some(b) => varlong_len(b.len() as i64) + b.len(),
+    };
+    let headers: usize = e
+        .headers
+        .iter()
+        .map(|h| varlong_len(h.key.len() as i64) + h.key.len() + opt_len(&h.value))
+        .sum();
+    1 + varlong_len(ts_delta)
+        + varlong_len(offset_delta as i64)
+        + opt_len(&e.key)
+        + opt_len(&e.value)
+        + varlong_len(e.headers.len() as i64)
+        + headers
 }
 
 fn put_opt(buf: &mut BytesMut, b: &Option<Bytes>) {
@@ -943,6 +956,40 @@ mod tests {
             && h.next_offset() == base_offset as i64 + events.0.len() as i64
             && h.max_timestamp == events.0.iter().map(|e| e.timestamp_ms).max().unwrap()
             && h.size_bytes() == parsed.size_bytes()
+    }
+
+    #[test]
+    fn lone_record_size_is_a_fresh_builders() {
+        let events = [
+            Event::default(),
+            Event {
+                key: Some(Bytes::from_static(b"k")),
+                value: Some(Bytes::from(vec![7u8; 300])),
+                timestamp_ms: 1_700_000_000_000,
+                headers: vec![Header {
+                    key: "h".into(),
+                    value: Some(Bytes::from_static(b"v")),
+                }],
+            },
+            Event {
+                timestamp_ms: -5,
+                ..Event::default()
+            },
+        ];
+        for e in &events {
+            assert_eq!(
+                BatchBuilder::lone_record_size_bytes(e),
+                BatchBuilder::new().record_size_bytes(e),
+                "{e:?}"
+            );
+            let mut b = BatchBuilder::new();
+            b.push(e);
+            let batch = b.build();
+            assert_eq!(
+                batch.size_bytes() - HEADER_SIZE,
+                BatchBuilder::lone_record_size_bytes(e)
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weir::io::{DiskRef, RealDisk};
 use weir::storage::{LogConfig, PartitionLog, StorageError};
@@ -27,16 +27,7 @@ fn disk() -> DiskRef {
 /// Writes `n` one-record batches of 200-byte values and syncs.
 fn fill(dir: &Path, n: u64) -> PartitionLog {
     let mut log = PartitionLog::open(disk(), dir, config(), 0).unwrap();
-    for i in 0..n {
-        let mut b = BatchBuilder::new();
-        b.push(&Event {
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::from(vec![i as u8 | 1; 200])),
-            timestamp_ms: i as i64,
-            headers: vec![],
-        });
-        log.append(b.build(), 1, i + 1, 0).unwrap();
-    }
+    append_unsynced(&mut log, 1, n);
     log.sync().unwrap();
     log
 }
@@ -213,17 +204,28 @@ fn append_unsynced(log: &mut PartitionLog, from: u64, n: u64) {
     }
 }
 
+/// A log in a fresh temp dir with `n` appends not yet synced, rolled into
+/// at least `segments_min` segments: the temp dir, the log's dir, the log
+/// and its segment files.
+fn rolled_unsynced(
+    n: u64,
+    segments_min: usize,
+) -> (tempfile::TempDir, PathBuf, PartitionLog, Vec<PathBuf>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    append_unsynced(&mut log, 1, n);
+    let segs = segments(&dir);
+    assert!(segs.len() >= segments_min, "the appends must roll segments");
+    (tmp, dir, log, segs)
+}
+
 /// A roll leaves the sealed segment's fsync and index file to the next
 /// sync, so the appending thread never waits for a segment's worth of data
 /// to reach the disk; the index file appears only once that sync is done.
 #[test]
 fn a_roll_leaves_the_sealing_sync_to_the_next_sync() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
-    append_unsynced(&mut log, 1, 40);
-    let segs = segments(&dir);
-    assert!(segs.len() >= 3, "the appends must roll segments");
+    let (_tmp, _dir, mut log, segs) = rolled_unsynced(40, 3);
     assert!(log.has_pending_seals());
     for sealed in &segs[..segs.len() - 1] {
         assert!(
@@ -291,12 +293,7 @@ fn torn_sealed_segment_without_index_is_cut_and_later_segments_dropped() {
 /// would describe entries the segment no longer holds.
 #[test]
 fn a_sealing_sync_overtaken_by_a_truncation_writes_no_index() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
-    append_unsynced(&mut log, 1, 20);
-    let segs = segments(&dir);
-    assert!(segs.len() >= 2, "the appends must roll");
+    let (_tmp, dir, mut log, _segs) = rolled_unsynced(20, 2);
     let pending = log.begin_sync().unwrap().expect("a sync to run");
     log.truncate_suffix(3).unwrap();
     assert_eq!(log.segment_count(), 1);

@@ -10,6 +10,8 @@
 //! - [`driver`]: the multi-Raft driver: one Ready loop for every group on a
 //!   broker, with group commit of their syncs and outgoing messages batched
 //!   per destination broker.
+//! - [`timings`]: how long the driver's rounds and group commits take and
+//!   how late its ticks fire, for `DescribeBrokerStats` and `weir bench`.
 //! - [`transport`]: the peer links that carry those batches, the reader of
 //!   incoming peer connections, and what a broker learns from its peers
 //!   (liveness, leaders of groups it does not host).

@@ -75,6 +75,25 @@ fn flipped_byte_in_active_segment_is_a_clear_error() {
     assert!(msg.contains("CRC-32C"), "{msg}");
 }
 
+/// A sealed segment found without its index file (a crash before its
+/// sealing sync finished, no tear) is scanned once: the next sync writes the
+/// index file again.
+#[test]
+fn a_lost_index_file_is_written_again_by_the_next_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    drop(fill(&dir, 40));
+    let segs = segments(&dir);
+    assert!(segs.len() >= 3, "the fill must roll");
+    let index = segs[0].with_extension("index");
+    std::fs::remove_file(&index).unwrap();
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    assert!(log.has_pending_seals());
+    log.sync().unwrap();
+    assert!(index.exists());
+    assert!(!log.has_pending_seals());
+}
+
 #[test]
 fn flipped_byte_in_sealed_segment_is_detected_when_its_index_is_gone() {
     let tmp = tempfile::tempdir().unwrap();

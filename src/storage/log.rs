@@ -202,7 +202,7 @@ impl PartitionLog {
                 });
             }
             let seg = if i + 1 < bases.len() {
-                let (seg, torn) = Segment::open_sealed(
+                let (seg, torn, indexed) = Segment::open_sealed(
                     disk.as_ref(),
                     &self.dir,
                     base,
@@ -218,6 +218,16 @@ impl PartitionLog {
                     self.torn_bytes_recovered = torn;
                     self.segments.push(seg);
                     break;
+                }
+                if !indexed {
+                    // Scanned: its index file is written again by the next
+                    // sync, or every open would scan it.
+                    self.rolls += 1;
+                    self.sealing.push(Sealing {
+                        base_offset: base,
+                        roll: self.rolls,
+                        claimed: false,
+                    });
                 }
                 seg
             } else {

@@ -236,7 +236,8 @@ impl Segment {
 
     /// Opens a sealed segment from its index file, or by scanning it (with
     /// CRC checks) if the index file is missing or does not match. Returns
-    /// the bytes of torn tail cut off, if any.
+    /// the bytes of torn tail cut off, if any, and whether the index file
+    /// was used (if not, the caller queues its rewrite).
     ///
     /// A segment with a matching index file was synced before the index was
     /// written, so it is adopted as it stands. Without one, its sync may
@@ -251,7 +252,7 @@ impl Segment {
         base_index: u64,
         max_batch_bytes: usize,
         terms: &mut Vec<TermRun>,
-    ) -> Result<(Self, Option<u64>)> {
+    ) -> Result<(Self, Option<u64>, bool)> {
         let mut seg = Self::open_file(disk, dir, base_offset, base_index)?;
         let file_len = seg
             .file
@@ -260,11 +261,11 @@ impl Segment {
         if let Some(summary) = read_summary(disk, dir, base_offset) {
             if summary.size_bytes == file_len && summary.base_index == base_index {
                 seg.adopt(summary, terms);
-                return Ok((seg, None));
+                return Ok((seg, None, true));
             }
         }
         let torn = seg.recover(file_len, max_batch_bytes, terms)?;
-        Ok((seg, torn))
+        Ok((seg, torn, false))
     }
 
     /// Opens the active (last) segment, validating every batch. A torn write

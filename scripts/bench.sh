@@ -147,6 +147,14 @@ field() { # field KEY JSON: a number from flat-enough JSON
   printf '%s' "$2" | grep -o "\"$1\": *[-0-9.e]*" | head -n 1 | sed 's/.*: *//'
 }
 
+# worst OBJECT JSON: the largest "max" inside every {"OBJECT": {...}} of the
+# JSON (the client's "hiccup_ms", each broker's "round_ms" or
+# "group_commit_ms"), or nothing.
+worst() {
+  printf '%s' "$2" | grep -o "\"$1\":{[^}]*}" | grep -o '"max": *[0-9.e]*' |
+    sed 's/.*: *//' | sort -g | tail -n 1
+}
+
 : >"$OUT"
 echo "machine: $(nproc) cpus, $(free -g | awk '/^Mem:/ {print $2}') GiB memory, $(uname -r)" >&2
 
@@ -218,12 +226,16 @@ fi
 
 echo
 echo "raw write+fsync (64 KiB): ${raw_write:-?} MiB/s; 4 KiB fsync: ${fsync_start_us} us; loopback TCP: $tcp MiB/s; broker --fsync: $FSYNC_FLAG"
-printf '%-11s %12s %10s %8s %8s %8s %8s %8s\n' run records/s MiB/s p50_ms p99_ms p999_ms max_ms wr_amp
+# The last three columns say whether a latency spike was Weir's: the
+# client's worst hiccup (the machine stalled), the brokers' slowest driver
+# pass (CPU or a blocking call) and slowest group commit (the disk), in ms.
+printf '%-11s %12s %10s %8s %8s %8s %8s %8s %8s %8s %8s\n' run records/s MiB/s p50_ms p99_ms p999_ms max_ms wr_amp hiccup round gcommit
 grep -v '^raw-disk\|^loopback\|^e-partitions\|^disk-rest' "$OUT" | while IFS="$(printf '\t')" read -r name json; do
-  printf '%-11s %12s %10s %8s %8s %8s %8s %8s\n' "$name" \
+  printf '%-11s %12s %10s %8s %8s %8s %8s %8s %8s %8s %8s\n' "$name" \
     "$(field records_per_sec "$json")" "$(field mb_per_sec "$json")" \
     "$(field p50 "$json")" "$(field p99 "$json")" "$(field p999 "$json")" "$(field max "$json")" \
-    "$(field write_amplification "$json")"
+    "$(field write_amplification "$json")" "$(worst hiccup_ms "$json")" \
+    "$(worst round_ms "$json")" "$(worst group_commit_ms "$json")"
 done
 grep '^e-partitions' "$OUT" | while IFS="$(printf '\t')" read -r name json; do
   echo "e-partitions: 1000 partitions RF 3: idle CPU $(field idle_cpu_percent "$json")% of one core" \

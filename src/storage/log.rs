@@ -478,6 +478,13 @@ impl PartitionLog {
 
     fn begin(&mut self, with_data: bool) -> Result<Option<PendingSync>> {
         self.check_usable()?;
+        // A sync that cannot start fails like one that cannot finish: the
+        // sealing syncs it claimed would otherwise never run, and a later
+        // sync skip them.
+        self.begin_inner(with_data).map_err(|e| self.poison(e))
+    }
+
+    fn begin_inner(&mut self, with_data: bool) -> Result<Option<PendingSync>> {
         let mut seals = Vec::new();
         for i in 0..self.sealing.len() {
             if self.sealing[i].claimed {

@@ -328,3 +328,69 @@ fn a_sealing_sync_overtaken_by_a_truncation_writes_no_index() {
     assert!(!log.has_pending_seals());
     log.sync().unwrap();
 }
+
+/// Byte positions of the batches in a segment file.
+fn batch_positions(path: &Path) -> Vec<u64> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = 0usize;
+    let mut out = Vec::new();
+    while at + 12 <= bytes.len() {
+        out.push(at as u64);
+        let len = i32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap());
+        at += 12 + len as usize;
+    }
+    out
+}
+
+/// Overwrites the term (Kafka's partition leader epoch, bytes 12..16 of the
+/// header, outside the CRC) of the batch at `pos`.
+fn set_term(path: &Path, pos: u64, term: i32) {
+    let f = OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&term.to_be_bytes(), pos + 12).unwrap();
+}
+
+/// A damaged term is outside the CRC: a scan finds it as a term that goes
+/// down along the log, and opening fails with a clear error (it once
+/// panicked on the log's invariants).
+#[test]
+fn a_damaged_term_is_corruption_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    drop(fill(&dir, 8));
+    let active = segments(&dir).pop().unwrap();
+    let at = batch_positions(&active);
+    assert!(at.len() >= 3);
+    set_term(&active, at[1], 0x0400_0001);
+    let err = PartitionLog::open(disk(), &dir, config(), 0).unwrap_err();
+    match &err {
+        StorageError::Corrupt {
+            path,
+            position,
+            reason,
+        } => {
+            assert_eq!(path, &active);
+            assert_eq!(*position, at[2]);
+            assert!(reason.contains("below the term"), "{reason}");
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+}
+
+/// A sealed segment is trusted on open; a damaged term in it is caught when
+/// its entries are read (as for replication), before it reaches a follower.
+#[test]
+fn a_damaged_term_is_never_replicated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    drop(fill(&dir, 40));
+    let sealed = segments(&dir)[0].clone();
+    assert!(sealed.with_extension("index").exists());
+    let at = batch_positions(&sealed);
+    set_term(&sealed, at[1], 7);
+    let log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    let err = log.entries(1, 4, usize::MAX).unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Corrupt { reason, .. } if reason.contains("term 7 on disk")),
+        "{err}"
+    );
+}

@@ -870,13 +870,22 @@ impl PartitionLog {
         for _ in 0..count {
             let h = crate::types::BatchHeader::parse(&bytes[at..], self.config.max_batch_bytes)?;
             let slice = bytes.slice(at..at + h.size_bytes());
-            let batch = RecordBatch::parse(slice, self.config.max_batch_bytes).map_err(|e| {
-                StorageError::Corrupt {
-                    path: seg.path.clone(),
-                    position: position + at as u64,
-                    reason: e.to_string(),
-                }
-            })?;
+            let corrupt = |reason: String| StorageError::Corrupt {
+                path: seg.path.clone(),
+                position: position + at as u64,
+                reason,
+            };
+            let batch = RecordBatch::parse(slice, self.config.max_batch_bytes)
+                .map_err(|e| corrupt(e.to_string()))?;
+            // The term is outside the CRC: it must match the one the log
+            // recorded for this entry when it was written or scanned.
+            let (on_disk, known) = (batch.leader_epoch(), self.term(*next));
+            if known != Some(on_disk as u64) {
+                return Err(corrupt(format!(
+                    "entry {} has term {on_disk} on disk, {known:?} in the log's term runs",
+                    *next
+                )));
+            }
             out.push((*next, batch));
             *next += 1;
             at += h.size_bytes();

@@ -189,7 +189,20 @@ impl Extent {
                     if header.partition_leader_epoch < 1 {
                         return Err((position, "batch has no term".into()));
                     }
-                    push_term(terms, self.next_index, header.partition_leader_epoch as u64);
+                    // The term (Kafka's leader epoch) lies outside the
+                    // batch's CRC: a damaged one shows only as a term that
+                    // goes down along the log.
+                    let term = header.partition_leader_epoch as u64;
+                    if let Some(before) = terms.last().filter(|t| t.term > term) {
+                        return Err((
+                            position,
+                            format!(
+                                "batch has term {term}, below the term {} of the entries before it",
+                                before.term
+                            ),
+                        ));
+                    }
+                    push_term(terms, self.next_index, term);
                     self.note_append(&header, interval);
                 }
                 Err(ScanError::Io(e)) => {

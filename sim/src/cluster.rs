@@ -385,6 +385,10 @@ fn broker_config(id: u64, n: u64, seed: u64) -> BrokerConfig {
     c.driver.tick_ms = 20;
     // Election jitter differs per broker and per seed.
     c.driver.seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ id;
+    // Group commits take 0-3 ms of simulated time, by seed: the driver
+    // appends, rolls segments and answers other groups meanwhile, as on a
+    // real disk.
+    c.driver.simulated_sync_ms = seed % 4;
     c
 }
 

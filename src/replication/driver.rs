@@ -128,6 +128,13 @@ pub struct DriverConfig {
     pub inputs_per_round_max: usize,
     /// Seed of the driver's RNG (election timeout jitter).
     pub seed: u64,
+    /// Simulation only: how long, in the runtime's time, the driver waits
+    /// to hear that a group commit is done, on the current-thread runtime
+    /// (turmoil) where the persister is a task. A simulated fsync takes no
+    /// time, so without this the driver never appends (or rolls a segment)
+    /// while a group commit is under way, and bugs in that window go
+    /// unseen. 0 everywhere else.
+    pub simulated_sync_ms: u64,
 }
 
 impl DriverConfig {
@@ -145,6 +152,7 @@ impl DriverConfig {
             inflight_messages_max: 64,
             inputs_per_round_max: 1024,
             seed,
+            simulated_sync_ms: 0,
         }
     }
 
@@ -488,7 +496,11 @@ enum Wake {
 /// job would cost a thread switch each time); on a current-thread runtime
 /// (turmoil, where every host runs on one thread and a seed decides the
 /// order) a task, whose syncs take no simulated time.
-fn start_persister(jobs: mpsc::Receiver<PersistJob>, done: mpsc::Sender<PersistDone>) {
+fn start_persister(
+    jobs: mpsc::Receiver<PersistJob>,
+    done: mpsc::Sender<PersistDone>,
+    simulated_sync: Duration,
+) {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if multi_thread {
@@ -499,7 +511,7 @@ fn start_persister(jobs: mpsc::Receiver<PersistJob>, done: mpsc::Sender<PersistD
             panic!("cannot start the persister thread: {e}");
         }
     } else {
-        tokio::spawn(persister(jobs, done));
+        tokio::spawn(persister(jobs, done, simulated_sync));
     }
 }
 
@@ -511,10 +523,20 @@ fn persist_on_thread(mut jobs: mpsc::Receiver<PersistJob>, done: mpsc::Sender<Pe
     }
 }
 
-/// The persister task: runs the driver's jobs in order, one at a time.
-async fn persister(mut jobs: mpsc::Receiver<PersistJob>, done: mpsc::Sender<PersistDone>) {
+/// The persister task: runs the driver's jobs in order, one at a time,
+/// each answered `simulated_sync` after it ran (see
+/// [`DriverConfig::simulated_sync_ms`]).
+async fn persister(
+    mut jobs: mpsc::Receiver<PersistJob>,
+    done: mpsc::Sender<PersistDone>,
+    simulated_sync: Duration,
+) {
     while let Some(job) = jobs.recv().await {
-        if done.send(persist(job)).await.is_err() {
+        let result = persist(job);
+        if !simulated_sync.is_zero() {
+            tokio::time::sleep(simulated_sync).await;
+        }
+        if done.send(result).await.is_err() {
             return;
         }
     }
@@ -614,7 +636,8 @@ impl Driver {
         let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if let Some((jobs, done)) = self.persist.task_ends.take() {
-            start_persister(jobs, done);
+            let simulated_sync = Duration::from_millis(self.config.simulated_sync_ms);
+            start_persister(jobs, done, simulated_sync);
         }
         loop {
             // Ticks first: a flood of inputs must not starve elections and

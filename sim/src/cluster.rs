@@ -191,10 +191,14 @@ pub fn run(o: &Options) -> RunResult {
         new_partitions: 0,
         admin_queue: VecDeque::new(),
     }));
-    world
-        .borrow_mut()
-        .trace
-        .push(0, format!("seed={} plan: {plan}", o.seed));
+    world.borrow_mut().trace.push(
+        0,
+        format!(
+            "seed={} plan: {plan} group_commit={}ms",
+            o.seed,
+            simulated_sync_ms(o.seed)
+        ),
+    );
     let disks: SharedDisks = Rc::new(RefCell::new(Disks {
         config: nemesis.plan.disk,
         ..Disks::default()
@@ -371,6 +375,13 @@ fn start_quiet(
     w.trace.push(now_ms as u128, "quiet phase");
 }
 
+/// Simulated time each group commit takes, 0-3 ms by seed (printed with
+/// the plan): the driver appends, rolls segments and answers other groups
+/// meanwhile, as on a real disk.
+fn simulated_sync_ms(seed: u64) -> u64 {
+    seed % 4
+}
+
 fn broker_config(id: u64, n: u64, seed: u64) -> BrokerConfig {
     let peers: BTreeMap<u64, String> = (1..=n)
         .map(|i| (i, format!("{}:7401", broker_host(i))))
@@ -385,10 +396,7 @@ fn broker_config(id: u64, n: u64, seed: u64) -> BrokerConfig {
     c.driver.tick_ms = 20;
     // Election jitter differs per broker and per seed.
     c.driver.seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ id;
-    // Group commits take 0-3 ms of simulated time, by seed: the driver
-    // appends, rolls segments and answers other groups meanwhile, as on a
-    // real disk.
-    c.driver.simulated_sync_ms = seed % 4;
+    c.driver.simulated_sync_ms = simulated_sync_ms(seed);
     c
 }
 

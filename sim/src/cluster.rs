@@ -156,7 +156,8 @@ pub(crate) fn note(w: &Shared, event: String) {
 
 /// The faults the seed chooses, as `run` will print them in the trace.
 pub fn plan(o: &Options) -> String {
-    Nemesis::new(o.seed, o.brokers, &o.faults).plan.to_string()
+    let faults = Nemesis::new(o.seed, o.brokers, &o.faults).plan;
+    format!("{faults} group_commit={}ms", simulated_sync_ms(o.seed))
 }
 
 /// Runs one seed.
@@ -191,14 +192,10 @@ pub fn run(o: &Options) -> RunResult {
         new_partitions: 0,
         admin_queue: VecDeque::new(),
     }));
-    world.borrow_mut().trace.push(
-        0,
-        format!(
-            "seed={} plan: {plan} group_commit={}ms",
-            o.seed,
-            simulated_sync_ms(o.seed)
-        ),
-    );
+    world
+        .borrow_mut()
+        .trace
+        .push(0, format!("seed={} plan: {}", o.seed, self::plan(o)));
     let disks: SharedDisks = Rc::new(RefCell::new(Disks {
         config: nemesis.plan.disk,
         ..Disks::default()

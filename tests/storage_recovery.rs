@@ -32,6 +32,14 @@ fn fill(dir: &Path, n: u64) -> PartitionLog {
     log
 }
 
+/// A temp dir holding a log of `n` synced entries (see [`fill`]), closed.
+fn filled_dir(n: u64) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    drop(fill(&dir, n));
+    (tmp, dir)
+}
+
 fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -55,9 +63,7 @@ fn flip_byte(path: &Path, pos: u64) {
 
 #[test]
 fn flipped_byte_in_active_segment_is_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    drop(fill(&dir, 8));
+    let (_tmp, dir) = filled_dir(8);
     let active = segments(&dir).pop().unwrap();
     // Inside the value of the first batch of the active segment, with good
     // batches after it: corruption, not a torn write.
@@ -80,9 +86,7 @@ fn flipped_byte_in_active_segment_is_a_clear_error() {
 /// index file again.
 #[test]
 fn a_lost_index_file_is_written_again_by_the_next_sync() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    drop(fill(&dir, 40));
+    let (_tmp, dir) = filled_dir(40);
     let segs = segments(&dir);
     assert!(segs.len() >= 3, "the fill must roll");
     let index = segs[0].with_extension("index");
@@ -96,9 +100,7 @@ fn a_lost_index_file_is_written_again_by_the_next_sync() {
 
 #[test]
 fn flipped_byte_in_sealed_segment_is_detected_when_its_index_is_gone() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    drop(fill(&dir, 40));
+    let (_tmp, dir) = filled_dir(40);
     let segs = segments(&dir);
     assert!(segs.len() >= 3, "the fill must roll segments");
     let sealed = &segs[0];
@@ -116,9 +118,7 @@ fn flipped_byte_in_sealed_segment_is_detected_when_its_index_is_gone() {
 
 #[test]
 fn damaged_sealed_segment_is_never_replicated() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    drop(fill(&dir, 40));
+    let (_tmp, dir) = filled_dir(40);
     let sealed = segments(&dir)[0].clone();
     flip_byte(&sealed, 300);
     let log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
@@ -354,9 +354,7 @@ fn set_term(path: &Path, pos: u64, term: i32) {
 /// panicked on the log's invariants).
 #[test]
 fn a_damaged_term_is_corruption_not_a_panic() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    drop(fill(&dir, 8));
+    let (_tmp, dir) = filled_dir(8);
     let active = segments(&dir).pop().unwrap();
     let at = batch_positions(&active);
     assert!(at.len() >= 3);
@@ -380,9 +378,7 @@ fn a_damaged_term_is_corruption_not_a_panic() {
 /// its entries are read (as for replication), before it reaches a follower.
 #[test]
 fn a_damaged_term_is_never_replicated() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    drop(fill(&dir, 40));
+    let (_tmp, dir) = filled_dir(40);
     let sealed = segments(&dir)[0].clone();
     assert!(sealed.with_extension("index").exists());
     let at = batch_positions(&sealed);

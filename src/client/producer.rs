@@ -1,7 +1,8 @@
 //! The producer: records are batched per partition (sent when a batch
-//! reaches `batch_size` or has waited `linger`), several batches are in
-//! flight at once over pipelined connections, and a failed batch is retried
-//! with backoff (refreshing the leader) until its delivery timeout.
+//! reaches `batch_size`, or has waited `linger` and a request slot is
+//! free), several batches are in flight at once over pipelined connections,
+//! and a failed batch is retried with backoff (refreshing the leader) until
+//! its delivery timeout.
 //!
 //! Without idempotence a retried batch whose first attempt did land is
 //! written twice (at-least-once, as Kafka's producer without idempotence).
@@ -389,7 +390,7 @@ impl Producer {
             let linger = inner.config.linger;
             tokio::spawn(async move {
                 tokio::time::sleep(linger).await;
-                this.drain(Some((key, generation)));
+                this.linger_out(key, generation).await;
             });
             Acc {
                 builder: BatchBuilder::with_capacity(
@@ -430,7 +431,7 @@ impl Producer {
     /// Sends every waiting batch now and waits until every record sent so
     /// far is acknowledged or failed.
     pub async fn flush(&self) {
-        self.drain(None);
+        self.drain_all();
         loop {
             let idle = self.inner.idle.notified();
             if self.inner.outstanding.load(Ordering::SeqCst) == 0 {
@@ -450,60 +451,78 @@ impl Producer {
             .closed = true;
     }
 
-    /// Sends the batch of `only` (if it is still the same batch), or every
-    /// waiting batch.
-    fn drain(&self, only: Option<((String, u32), u64)>) {
-        let mut ready = Vec::new();
-        {
+    /// A batch that has lingered its time is sent once a request slot is
+    /// free; until then it stays open and keeps taking records (up to
+    /// `batch_size`), as Kafka's accumulator does. Under load batches grow
+    /// instead of queueing as many small requests, each costing the
+    /// brokers a Raft entry and its messages.
+    async fn linger_out(&self, (topic, partition): (String, u32), generation: u64) {
+        // The semaphore is never closed; without a permit the batch is
+        // sent unthrottled rather than stranded.
+        let permit = self.inner.in_flight.clone().acquire_owned().await.ok();
+        let acc = {
             let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-            match only {
-                Some(((topic, partition), generation)) => {
-                    if let Some(accs) = st.accs.get_mut(&topic) {
-                        if accs
-                            .get(&partition)
-                            .is_some_and(|a| a.generation == generation)
-                        {
-                            if let Some(acc) = accs.remove(&partition) {
-                                ready.push((topic.clone(), partition, acc));
-                            }
-                        }
-                    }
-                    // A keyless batch that lingered out moves the sticky
-                    // partition on, as a full one does.
-                    if !ready.is_empty() {
-                        st.sticky.next(&topic);
-                    }
+            let acc = st.accs.get_mut(&topic).and_then(|accs| {
+                match accs.get(&partition)?.generation == generation {
+                    true => accs.remove(&partition),
+                    false => None,
                 }
-                None => {
-                    for (topic, accs) in std::mem::take(&mut st.accs) {
-                        for (partition, acc) in accs {
-                            ready.push((topic.clone(), partition, acc));
-                        }
-                    }
-                }
+            });
+            // A keyless batch that lingered out moves the sticky partition
+            // on, as a full one does.
+            if acc.is_some() {
+                st.sticky.next(&topic);
             }
             st.accs.retain(|_, a| !a.is_empty());
-        }
-        for (topic, partition, acc) in ready {
-            self.dispatch(topic, partition, acc);
+            acc
+        };
+        // Gone already (sent when full, or flushed): the slot goes back.
+        if let Some(acc) = acc {
+            self.send_acc(topic, partition, acc, permit).await;
         }
     }
 
-    fn dispatch(&self, topic: String, partition: u32, acc: Acc) {
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let permit = inner.in_flight.clone().acquire_owned().await;
-            let mut acc = acc;
-            let builder = std::mem::take(&mut acc.builder);
-            let outcome = send_batch(&inner, &topic, partition, builder, acc.deadline).await;
-            drop(permit);
-            acc.done.complete(outcome);
-            // Gives the batch's bytes back to the buffer.
-            drop(acc);
-            if inner.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
-                inner.idle.notify_waiters();
+    /// Sends every waiting batch.
+    fn drain_all(&self) {
+        let ready = {
+            let mut st = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut st.accs)
+        };
+        for (topic, accs) in ready {
+            for (partition, acc) in accs {
+                self.dispatch(topic.clone(), partition, acc);
             }
+        }
+    }
+
+    /// Sends a closed batch once a request slot is free.
+    fn dispatch(&self, topic: String, partition: u32, acc: Acc) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let permit = this.inner.in_flight.clone().acquire_owned().await.ok();
+            this.send_acc(topic, partition, acc, permit).await;
         });
+    }
+
+    /// Sends a batch holding a request slot (`permit`), and answers its
+    /// records.
+    async fn send_acc(
+        &self,
+        topic: String,
+        partition: u32,
+        mut acc: Acc,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        let inner = &self.inner;
+        let builder = std::mem::take(&mut acc.builder);
+        let outcome = send_batch(inner, &topic, partition, builder, acc.deadline).await;
+        drop(permit);
+        acc.done.complete(outcome);
+        // Gives the batch's bytes back to the buffer.
+        drop(acc);
+        if inner.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
+            inner.idle.notify_waiters();
+        }
     }
 }
 

@@ -406,6 +406,8 @@ fn spawn_progress(kind: &'static str, p: Arc<Progress>, with_latency: bool) {
         tick.tick().await;
         let (mut last_records, mut last_bytes) = (0u64, 0u64);
         let mut last = Instant::now();
+        // The latencies already reported, to tell the last second's apart.
+        let mut seen = p.histogram();
         loop {
             tick.tick().await;
             if p.done.load(Ordering::Relaxed) {
@@ -425,10 +427,20 @@ fn spawn_progress(kind: &'static str, p: Arc<Progress>, with_latency: bool) {
             if with_latency {
                 let h = p.histogram();
                 if !h.is_empty() {
+                    // The last second's own p99 too: the cumulative one
+                    // hides when in the run the slow records were.
+                    let mut window = h.clone();
+                    let window_p99 = match window.subtract(&seen) {
+                        Ok(()) if !window.is_empty() => {
+                            format!("{:.2}", window.value_at_quantile(0.99) as f64 / 1000.0)
+                        }
+                        _ => "-".into(),
+                    };
                     line.push_str(&format!(
-                        ", p99 {:.2} ms so far",
+                        ", p99 {window_p99} ms in the last second, {:.2} ms so far",
                         h.value_at_quantile(0.99) as f64 / 1000.0
                     ));
+                    seen = h;
                 }
             }
             let _ = writeln!(std::io::stderr(), "{line}");

@@ -14,6 +14,11 @@ pub const SKIP_FSYNC: u32 = 4;
 /// clock as the records' timestamp, instead of the leader's bytes: replicas
 /// then differ byte for byte while keys, values and offsets agree.
 pub const FOLLOWER_RESTAMPS: u32 = 8;
+/// A segment is sealed (its index file written) without its data being
+/// fsynced: the appends made just before a roll are acknowledged once the
+/// next group commit syncs the new active segment, yet a power loss drops
+/// them.
+pub const SKIP_SEAL_SYNC: u32 = 16;
 
 #[cfg(feature = "inject-bugs")]
 mod imp {

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -157,7 +156,11 @@ pub(crate) fn note(w: &Shared, event: String) {
 /// The faults the seed chooses, as `run` will print them in the trace.
 pub fn plan(o: &Options) -> String {
     let faults = Nemesis::new(o.seed, o.brokers, &o.faults).plan;
-    format!("{faults} group_commit={}ms", simulated_sync_ms(o.seed))
+    format!(
+        "{faults} group_commit={}ms bursts={}%",
+        simulated_sync_ms(o.seed),
+        burst_percent(o.seed)
+    )
 }
 
 /// Runs one seed.
@@ -470,10 +473,16 @@ async fn run_broker(id: u64, n: u64, seed: u64, disk: DiskRef) -> turmoil::Resul
     Ok(())
 }
 
-/// Cached connections to brokers, dropped when a request fails.
-#[derive(Default)]
+/// Cached connections to brokers, dropped when a request fails. A clone
+/// shares them: requests of concurrent tasks pipeline on one connection
+/// per broker, as a real client's do.
+#[derive(Default, Clone)]
 pub(crate) struct Conns {
-    open: BTreeMap<u64, Connection>,
+    open: Rc<RefCell<BTreeMap<u64, Rc<Connection>>>>,
+    /// Held while connecting: tasks sharing these connections open one
+    /// at a time, so a burst whose connection broke does not send a SYN
+    /// per write (more than a broker's accept queue holds in turmoil).
+    connecting: Rc<tokio::sync::Mutex<()>>,
 }
 
 /// Why a request got no answer.
@@ -485,22 +494,36 @@ pub(crate) enum Ask {
 }
 
 impl Conns {
+    /// The connection to broker `id`, opened if there is none.
+    pub(crate) async fn connection(&self, id: u64) -> Result<Rc<Connection>, Ask> {
+        if let Some(c) = self.open.borrow().get(&id) {
+            return Ok(c.clone());
+        }
+        let _connecting = self.connecting.lock().await;
+        // Another task may have connected while this one waited.
+        if let Some(c) = self.open.borrow().get(&id) {
+            return Ok(c.clone());
+        }
+        let net: NetworkRef = Arc::new(SimNetwork::new());
+        let addr = format!("{}:7400", broker_host(id));
+        let c = Connection::connect(&net, &addr)
+            .await
+            .map_err(|_| Ask::NotSent)?;
+        let c = Rc::new(c);
+        self.open.borrow_mut().insert(id, c.clone());
+        Ok(c)
+    }
+
     pub(crate) async fn ask(&mut self, id: u64, body: Req) -> Result<Resp, Ask> {
-        let c = match self.open.entry(id) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(v) => {
-                let net: NetworkRef = Arc::new(SimNetwork::new());
-                let addr = format!("{}:7400", broker_host(id));
-                let c = Connection::connect(&net, &addr)
-                    .await
-                    .map_err(|_| Ask::NotSent)?;
-                v.insert(c)
-            }
-        };
+        let c = self.connection(id).await?;
         match c.request(body, REQUEST_TIMEOUT).await {
             Ok(r) => r.body.ok_or(Ask::NoAnswer),
             Err(_) => {
-                self.open.remove(&id);
+                let mut open = self.open.borrow_mut();
+                // Only this connection: a task may have replaced it already.
+                if open.get(&id).is_some_and(|o| Rc::ptr_eq(o, &c)) {
+                    open.remove(&id);
+                }
                 Err(Ask::NoAnswer)
             }
         }
@@ -566,45 +589,106 @@ fn batch(key: &str, value: &str) -> RecordBatch {
     b.build()
 }
 
-/// A keyed acks=all producer: one record per write, each value unique,
-/// retried (same value) on other brokers until acknowledged or 4 attempts.
+/// A keyed producer (acks=all, or acks=1 for some producers): one record per
+/// write, each value unique, retried (same value) on other brokers until
+/// acknowledged or 4 attempts. Some turns (by seed, see [`burst_percent`])
+/// are a burst: many writes of one key at once, pipelined on the
+/// producer's connections, so that a leader appends many entries while a group commit
+/// is under way and segments roll under unsynced appends.
 async fn producer(w: Shared, o: Rc<Options>, i: u32) {
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed ^ (0x7072_6f64 + i as u64));
     let mut conns = Conns::default();
     let mut leader: BTreeMap<u32, u64> = BTreeMap::new();
+    let burst_percent = burst_percent(o.seed);
     wait_for(&w, Phase::Safety).await;
     let mut n = 0u64;
     while phase(&w) == Phase::Safety {
         let k = rng.gen_range(0..o.keys);
         let partition = pick_partition(&w, &mut rng, k);
-        let (key, value) = (format!("k{k}"), format!("p{i}-{n}"));
-        n += 1;
-        for _ in 0..4 {
-            let to = *leader
-                .entry(partition)
-                .or_insert_with(|| rng.gen_range(1..=o.brokers));
-            let at = begin_write(&w, i, partition, &key, &value);
-            let acks = if acks_all(i, o.producers) {
-                Acks::All
-            } else {
-                Acks::Leader
-            };
-            let at_p = w.borrow().locate(partition);
-            let (outcome, hint) = produce_once(&mut conns, to, at_p, &key, &value, acks).await;
-            let acked = matches!(outcome, Outcome::Acked { .. });
-            if !acked {
-                let next = hint.unwrap_or_else(|| rng.gen_range(1..=o.brokers));
-                leader.insert(partition, next);
+        let mut to = *leader
+            .entry(partition)
+            .or_insert_with(|| rng.gen_range(1..=o.brokers));
+        let burst = burst_percent > 0 && rng.gen_ratio(burst_percent, 100);
+        if burst {
+            let writes = rng.gen_range(BURST_WRITES_MIN..=BURST_WRITES_MAX);
+            // Opened first, so the burst's writes pipeline on it rather than
+            // each opening its own.
+            let _ = conns.connection(to).await;
+            let mut members = Vec::new();
+            for _ in 0..writes {
+                let (w, o, seed) = (w.clone(), o.clone(), rng.gen::<u64>());
+                let (key, value) = (format!("k{k}"), format!("p{i}-{n}"));
+                n += 1;
+                let mut conns = conns.clone();
+                members.push(tokio::task::spawn_local(async move {
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    let mut to = to;
+                    let write = (partition, key.as_str(), value.as_str());
+                    write_retrying(&w, &o, i, &mut conns, &mut rng, &mut to, write).await;
+                    to
+                }));
             }
-            finish_write(&w, at, to, outcome);
-            if acked || phase(&w) != Phase::Safety {
-                break;
+            for m in members {
+                // A member cannot panic but through a bug in the simulator,
+                // which the run's other checks then show.
+                if let Ok(t) = m.await {
+                    to = t;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(rng.gen_range(20..100))).await;
+        } else {
+            let (key, value) = (format!("k{k}"), format!("p{i}-{n}"));
+            n += 1;
+            let write = (partition, key.as_str(), value.as_str());
+            write_retrying(&w, &o, i, &mut conns, &mut rng, &mut to, write).await;
         }
+        leader.insert(partition, to);
         tokio::time::sleep(Duration::from_millis(rng.gen_range(5..40))).await;
     }
     w.borrow_mut().producers_left -= 1;
+}
+
+/// Writes in one burst, at least and at most.
+const BURST_WRITES_MIN: u32 = 4;
+const BURST_WRITES_MAX: u32 = 32;
+
+/// Percent of a producer's turns that are bursts: 0, 10 or 30 by seed
+/// (printed with the plan).
+fn burst_percent(seed: u64) -> u32 {
+    [0, 10, 30][(seed / 4 % 3) as usize]
+}
+
+/// One write (partition, key, value), tried on `to` and, until
+/// acknowledged, up to 3 more times on the leader a NOT_LEADER answer
+/// named or a random broker (left in `to`).
+async fn write_retrying(
+    w: &Shared,
+    o: &Options,
+    i: u32,
+    conns: &mut Conns,
+    rng: &mut ChaCha8Rng,
+    to: &mut u64,
+    (partition, key, value): (u32, &str, &str),
+) {
+    for _ in 0..4 {
+        let at = begin_write(w, i, partition, key, value);
+        let acks = if acks_all(i, o.producers) {
+            Acks::All
+        } else {
+            Acks::Leader
+        };
+        let at_p = w.borrow().locate(partition);
+        let sent_to = *to;
+        let (outcome, hint) = produce_once(conns, sent_to, at_p, key, value, acks).await;
+        let acked = matches!(outcome, Outcome::Acked { .. });
+        if !acked {
+            *to = hint.unwrap_or_else(|| rng.gen_range(1..=o.brokers));
+        }
+        finish_write(w, at, sent_to, outcome);
+        if acked || phase(w) != Phase::Safety {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(20..100))).await;
+    }
 }
 
 /// Key `k`'s partition: in the first topic, or once the new topic is

@@ -66,7 +66,7 @@ struct Args {
     #[arg(long, hide = true)]
     worker_seed: Option<u64>,
     /// Switch on a deliberate broker bug: ack-before-commit, fetch-beyond-hw,
-    /// skip-fsync, follower-restamps.
+    /// skip-fsync, follower-restamps, skip-seal-sync.
     #[arg(long, value_delimiter = ',')]
     inject_bug: Vec<String>,
 }
@@ -78,9 +78,10 @@ pub fn bug_bits(names: &[String]) -> Result<u32, String> {
         "fetch-beyond-hw" => Ok(bits | weir::bugs::FETCH_BEYOND_HW),
         "skip-fsync" => Ok(bits | weir::bugs::SKIP_FSYNC),
         "follower-restamps" => Ok(bits | weir::bugs::FOLLOWER_RESTAMPS),
+        "skip-seal-sync" => Ok(bits | weir::bugs::SKIP_SEAL_SYNC),
         other => Err(format!(
             "unknown bug {other:?} (known: ack-before-commit, fetch-beyond-hw, skip-fsync, \
-             follower-restamps)"
+             follower-restamps, skip-seal-sync)"
         )),
     })
 }

@@ -465,3 +465,37 @@ async fn transfer_leader_moves_leadership_and_names_bad_requests() {
     assert_eq!(code, ErrorCode::NotLeader as i32, "{msg}");
     assert_eq!(named, preferred, "{msg}");
 }
+
+/// Only a partition's leader knows its in-sync replicas; a describe through
+/// any broker still gives them for every partition, whoever leads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_gives_every_partitions_in_sync_replicas_through_one_broker() {
+    let cluster = Cluster::start(3).await;
+    wait_for_cluster(&cluster).await;
+    let created = admin(&cluster, create("isr", 3, 3)).await;
+    assert!(created.error.is_none(), "{:?}", created.error);
+    let leaders = leaders(&cluster, "isr", 3).await;
+    // Bootstrapped to one broker only, which leads at most some partitions.
+    let one = weir::client::Admin::new(weir::client::Client::with_network(
+        cluster.net.clone(),
+        weir::client::ClientConfig {
+            bootstrap: vec![cluster.client_addr(1)],
+            request_timeout: Duration::from_secs(3),
+            ..weir::client::ClientConfig::default()
+        },
+    ));
+    let desc = eventually(20, "every replica in sync in the description", || async {
+        let d = one.describe_topic("isr").await.ok()?;
+        let all = d
+            .partitions
+            .iter()
+            .all(|p| p.leader != 0 && p.in_sync == vec![1, 2, 3]);
+        all.then_some(d)
+    })
+    .await;
+    let led_elsewhere = desc.partitions.iter().filter(|p| p.leader != 1).count();
+    assert!(
+        led_elsewhere > 0,
+        "every partition led by the bootstrap broker ({leaders:?}): nothing tested"
+    );
+}

@@ -320,6 +320,7 @@ impl Admin {
                 }
             })
             .collect();
+        self.in_sync_from_leaders(name, &mut partitions).await;
         // The high watermark as the leader serves it (log dirs give the log
         // end, which may be ahead of the commit point).
         for p in &mut partitions {
@@ -345,6 +346,42 @@ impl Admin {
             partitions,
             config,
         })
+    }
+}
+
+impl Admin {
+    /// Only a partition's leader knows which replicas are in sync (the
+    /// broker that answered the metadata knows it only for the partitions
+    /// it leads): asks each leader for the partitions it still leads. A
+    /// leader that cannot be asked leaves its partitions as they were.
+    async fn in_sync_from_leaders(&self, name: &str, partitions: &mut [PartitionDesc]) {
+        let leaders: std::collections::BTreeSet<u64> = partitions
+            .iter()
+            .map(|p| p.leader)
+            .filter(|l| *l != 0)
+            .collect();
+        for leader in leaders {
+            let req = Req::Metadata(MetadataRequest {
+                topics: vec![name.to_string()],
+            });
+            let Ok(conn) = self.client.broker(leader).await else {
+                continue;
+            };
+            let Ok(Resp::Metadata(m)) = self.client.call(&conn, req).await else {
+                continue;
+            };
+            let Some(t) = m.topics.iter().find(|t| t.name == name) else {
+                continue;
+            };
+            // A leader's own list always names itself: an empty one is a
+            // broker that no longer leads (its view of another leader).
+            let led = |lp: &&PartitionMetadata| lp.leader_id == leader && !lp.in_sync.is_empty();
+            for lp in t.partitions.iter().filter(led) {
+                if let Some(p) = partitions.iter_mut().find(|p| p.partition == lp.partition) {
+                    p.in_sync = lp.in_sync.clone();
+                }
+            }
+        }
     }
 }
 

@@ -89,7 +89,7 @@ fn record_json(r: &ConsumerRecord) -> Json {
         None => Json::Null,
     };
     Json::obj([
-        ("topic", Json::str(r.topic.clone())),
+        ("topic", Json::str(r.topic.to_string())),
         ("partition", Json::UInt(r.partition as u64)),
         ("offset", Json::Int(r.offset)),
         ("key", text(&r.key)),

@@ -11,6 +11,7 @@ use crate::proto::{ErrorCode, FetchPartition, FetchRequest, FetchedPartition, Li
 use crate::types::{BatchHeader, Header, RecordBatch};
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -53,7 +54,10 @@ impl Default for ConsumerConfig {
 /// A record as consumed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    pub topic: String,
+    /// Shared by every record of a fetch: one allocation per partition
+    /// fetched rather than one per record (a fifth of the consumer's
+    /// instructions went to copying and freeing the name per record).
+    pub topic: Arc<str>,
     pub partition: u32,
     pub offset: i64,
     pub key: Option<Bytes>,
@@ -185,7 +189,7 @@ impl Consumer {
                 _ => None,
             };
             self.buffered
-                .retain(|r| !(r.topic == topic && r.partition == partition));
+                .retain(|r| !(&*r.topic == topic && r.partition == partition));
         }
     }
 
@@ -201,7 +205,7 @@ impl Consumer {
         let buffered = self
             .buffered
             .iter()
-            .find(|r| r.partition == partition && r.topic == topic);
+            .find(|r| r.partition == partition && &*r.topic == topic);
         Some(buffered.map_or(fetched, |r| r.offset))
     }
 
@@ -436,6 +440,7 @@ impl Consumer {
         }
         let mut bytes = fp.records;
         let mut next = position;
+        let topic: Arc<str> = Arc::from(fp.topic.as_str());
         while !bytes.is_empty() {
             let Ok(h) = BatchHeader::parse(&bytes, usize::MAX) else {
                 break;
@@ -459,7 +464,7 @@ impl Consumer {
                 })?;
                 for r in records.into_iter().filter(|r| r.offset >= next) {
                     self.buffered.push_back(ConsumerRecord {
-                        topic: fp.topic.clone(),
+                        topic: topic.clone(),
                         partition: fp.partition,
                         offset: r.offset,
                         key: r.event.key,

@@ -16,8 +16,9 @@ use weir::proto::{
 };
 use weir::types::RecordBatch;
 
-/// What the fake broker saw: the record count of each produce, in order.
-type Produced = Arc<Mutex<Vec<i32>>>;
+/// What the fake broker saw: the record count and bytes of each produce's
+/// batch, in order.
+type Produced = Arc<Mutex<Vec<(i32, usize)>>>;
 
 /// A one-broker cluster with topic `t` of one partition, led by itself.
 /// Each produce is reported on `arrived` and answered only once `answers`
@@ -51,7 +52,7 @@ async fn fake_broker(
                     Some(Req::Produce(p)) => {
                         let batch = RecordBatch::parse_full(p.batch, 1 << 20).unwrap();
                         let count = batch.records_count();
-                        produced.lock().unwrap().push(count);
+                        produced.lock().unwrap().push((count, batch.size_bytes()));
                         let _ = arrived.send(());
                         answers.acquire().await.unwrap().forget();
                         let base_offset = next_offset;
@@ -148,13 +149,70 @@ async fn a_lingered_batch_keeps_filling_while_no_request_slot_is_free() {
     answers.add_permits(1);
     assert_eq!(first.await.unwrap(), (0, 0));
     arrived.recv().await.unwrap();
-    assert_eq!(
-        *produced.lock().unwrap(),
-        vec![1, 3],
-        "records per produce request"
-    );
+    let counts: Vec<i32> = produced.lock().unwrap().iter().map(|p| p.0).collect();
+    assert_eq!(counts, vec![1, 3], "records per produce request");
     answers.add_permits(1);
     for (i, d) in rest.into_iter().enumerate() {
         assert_eq!(d.await.unwrap(), (0, 1 + i as i64));
     }
+}
+
+/// A batch never grows past `batch_size`: the record that would take it
+/// over starts the next batch (one record larger than the size travels
+/// alone), as in Kafka.
+#[tokio::test]
+async fn batches_stay_within_batch_size() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let produced = Produced::default();
+    let (arrived_tx, _arrived) = mpsc::unbounded_channel();
+    // Every produce is answered at once.
+    let answers = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+    tokio::spawn(fake_broker(listener, produced.clone(), arrived_tx, answers));
+    let client = Client::connect(ClientConfig {
+        bootstrap: vec![addr],
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    let batch_size = 1_000;
+    let producer = Producer::new(
+        client,
+        ProducerConfig {
+            acks: Acks::Leader,
+            // Only size closes a batch (and the flush at the end).
+            linger: Duration::from_secs(60),
+            batch_size,
+            ..ProducerConfig::default()
+        },
+    );
+    let value = bytes::Bytes::from(vec![b'v'; 100]);
+    let mut deliveries = Vec::new();
+    for _ in 0..40 {
+        let mut rec = ProducerRecord::new("t", value.clone());
+        rec.partition = Some(0);
+        deliveries.push(producer.send(rec).await.unwrap());
+    }
+    let big = ProducerRecord::new("t", bytes::Bytes::from(vec![b'b'; 3_000]));
+    deliveries.push(producer.send(big).await.unwrap());
+    producer.flush().await;
+    for d in deliveries {
+        d.await.unwrap();
+    }
+    let batches = produced.lock().unwrap().clone();
+    let records: i32 = batches.iter().map(|b| b.0).sum();
+    assert_eq!(records, 41, "{batches:?}");
+    let (big, small) = batches.split_last().unwrap();
+    assert!(
+        small.iter().all(|&(_, bytes)| bytes <= batch_size),
+        "a batch past {batch_size} bytes: {batches:?}"
+    );
+    // Full batches: another 100-byte record would not have fitted.
+    assert!(
+        small[..small.len() - 1]
+            .iter()
+            .all(|&(_, bytes)| bytes + 130 > batch_size),
+        "{batches:?}"
+    );
+    assert_eq!(big.0, 1, "the large record travels alone: {batches:?}");
 }

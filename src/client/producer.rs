@@ -262,6 +262,11 @@ impl std::fmt::Debug for Producer {
 /// memory than the records they hold.
 const BATCH_PREALLOC_MAX_BYTES: usize = 1024 * 1024;
 
+/// Bytes a record may take in a batch beyond its size alone (the size the
+/// producer accounts): its offset and timestamp deltas, one byte each
+/// alone, grow to 5 and 10 bytes at most.
+const RECORD_SIZE_SLACK_BYTES: usize = 16;
+
 impl Producer {
     /// Epoch milliseconds for a record sent without a timestamp.
     fn now_ms(&self) -> i64 {
@@ -369,19 +374,42 @@ impl Producer {
             return Err(Error::Closed);
         }
         let keyless = rec.partition.is_none() && event.key.is_none();
-        let partition = match (rec.partition, &event.key) {
+        let State {
+            accs: topics,
+            sticky,
+            generation: last_generation,
+            ..
+        } = st;
+        let mut partition = match (rec.partition, &event.key) {
             (Some(p), _) => p,
             (None, Some(k)) => partition_for_key(k, count),
-            (None, None) => st.sticky.partition(&rec.topic, count),
+            (None, None) => sticky.partition(&rec.topic, count),
         };
-        st.generation += 1;
-        let generation = st.generation;
-        if !st.accs.contains_key(&rec.topic) {
-            st.accs.insert(rec.topic.clone(), BTreeMap::new());
+        *last_generation += 1;
+        let generation = *last_generation;
+        if !topics.contains_key(&rec.topic) {
+            topics.insert(rec.topic.clone(), BTreeMap::new());
         }
-        let Some(accs) = st.accs.get_mut(&rec.topic) else {
+        let Some(accs) = topics.get_mut(&rec.topic) else {
             unreachable!("inserted above");
         };
+        // A record that would take its batch past `batch_size` closes the
+        // batch first, as in Kafka: batches stay within the size (a larger
+        // record travels alone), and their buffers, allocated at that size,
+        // never grow and copy themselves.
+        let over = accs.get(&partition).is_some_and(|a| {
+            !a.builder.is_empty()
+                && a.builder.size_bytes() + size + RECORD_SIZE_SLACK_BYTES > inner.config.batch_size
+        });
+        if over {
+            if let Some(full) = accs.remove(&partition) {
+                self.dispatch(rec.topic.clone(), partition, full);
+            }
+            if keyless {
+                sticky.next(&rec.topic);
+                partition = sticky.partition(&rec.topic, count);
+            }
+        }
         let acc = accs.entry(partition).or_insert_with(|| {
             // Counted per batch, not per record: one atomic add per batch.
             inner.outstanding.fetch_add(1, Ordering::SeqCst);
@@ -413,7 +441,7 @@ impl Producer {
         if acc.builder.size_bytes() >= inner.config.batch_size {
             let full = accs.remove(&partition);
             if keyless {
-                st.sticky.next(&rec.topic);
+                sticky.next(&rec.topic);
             }
             drop(guard);
             if let Some(acc) = full {

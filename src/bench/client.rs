@@ -543,7 +543,7 @@ pub fn run_produce(args: &ProduceArgs) -> Result<Summary, String> {
             let rate = args.rate.map(|r| (r / producers).max(1));
             workers.push(tokio::spawn(produce_worker(
                 producer,
-                args.topic.clone(),
+                args.topic.as_str().into(),
                 value.clone(),
                 count,
                 rate,
@@ -609,7 +609,7 @@ const MERGE_RECORDS: u64 = 4096;
 /// (counted in chunks of up to [`CHUNK_RECORDS`]).
 async fn produce_worker(
     producer: Producer,
-    topic: String,
+    topic: Arc<str>,
     value: Bytes,
     count: u64,
     rate: Option<u64>,
@@ -885,7 +885,7 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
         // share because they are this one process.
         let base = Instant::now();
         let mut sender = Some({
-            let topic = args.topic.clone();
+            let topic: Arc<str> = args.topic.as_str().into();
             let (records, rate, size) = (args.records, args.rate, args.record_size_bytes);
             tokio::spawn(async move {
                 // Deliveries go to the checking task in chunks, and values

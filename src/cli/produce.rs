@@ -95,6 +95,7 @@ pub fn run(args: &ProduceArgs) -> Result<String, String> {
         let mut sent = 0u64;
         let mut first_error: Option<Error> = None;
         let mut line_no = 0u64;
+        let topic: std::sync::Arc<str> = args.topic.as_str().into();
         while let Some(line) = rx.recv().await {
             let line = line?;
             line_no += 1;
@@ -118,7 +119,7 @@ pub fn run(args: &ProduceArgs) -> Result<String, String> {
                 None => (None, line.to_string()),
             };
             let rec = ProducerRecord {
-                topic: args.topic.clone(),
+                topic: topic.clone(),
                 partition: args.partition,
                 key,
                 value: Some(Bytes::from(value)),

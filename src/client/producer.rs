@@ -91,7 +91,9 @@ impl Default for ProducerConfig {
 /// A record to send. An explicit partition overrides the key's.
 #[derive(Debug, Clone, Default)]
 pub struct ProducerRecord {
-    pub topic: String,
+    /// Shared: an application sending many records to a topic clones an
+    /// `Arc` per record, not the name (a `&str` or `String` converts).
+    pub topic: Arc<str>,
     pub partition: Option<u32>,
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
@@ -101,7 +103,7 @@ pub struct ProducerRecord {
 }
 
 impl ProducerRecord {
-    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
+    pub fn new(topic: impl Into<Arc<str>>, value: impl Into<Bytes>) -> Self {
         ProducerRecord {
             topic: topic.into(),
             value: Some(value.into()),
@@ -226,7 +228,7 @@ impl Drop for Acc {
 struct State {
     // BTreeMap: batches are flushed in a deterministic order. Keyed by
     // topic then partition, so a send looks its batch up by `&str`.
-    accs: BTreeMap<String, BTreeMap<u32, Acc>>,
+    accs: BTreeMap<Arc<str>, BTreeMap<u32, Acc>>,
     sticky: Sticky,
     generation: u64,
     closed: bool,
@@ -484,7 +486,7 @@ impl Producer {
     /// `batch_size`), as Kafka's accumulator does. Under load batches grow
     /// instead of queueing as many small requests, each costing the
     /// brokers a Raft entry and its messages.
-    async fn linger_out(&self, (topic, partition): (String, u32), generation: u64) {
+    async fn linger_out(&self, (topic, partition): (Arc<str>, u32), generation: u64) {
         // The semaphore is never closed; without a permit the batch is
         // sent unthrottled rather than stranded.
         let permit = self.inner.in_flight.clone().acquire_owned().await.ok();
@@ -524,7 +526,7 @@ impl Producer {
     }
 
     /// Sends a closed batch once a request slot is free.
-    fn dispatch(&self, topic: String, partition: u32, acc: Acc) {
+    fn dispatch(&self, topic: Arc<str>, partition: u32, acc: Acc) {
         let this = self.clone();
         tokio::spawn(async move {
             let permit = this.inner.in_flight.clone().acquire_owned().await.ok();
@@ -536,7 +538,7 @@ impl Producer {
     /// records.
     async fn send_acc(
         &self,
-        topic: String,
+        topic: Arc<str>,
         partition: u32,
         mut acc: Acc,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,

@@ -356,11 +356,13 @@ async fn lagging_follower_catches_up_through_a_snapshot() {
 }
 
 fn admin_client(cluster: &Cluster) -> weir::client::Admin {
-    let bootstrap = cluster
-        .configs
-        .keys()
-        .map(|id| cluster.client_addr(*id))
-        .collect();
+    let all: Vec<u64> = cluster.configs.keys().copied().collect();
+    admin_client_via(cluster, &all)
+}
+
+/// An admin client bootstrapped to these brokers only.
+fn admin_client_via(cluster: &Cluster, brokers: &[u64]) -> weir::client::Admin {
+    let bootstrap = brokers.iter().map(|id| cluster.client_addr(*id)).collect();
     weir::client::Admin::new(weir::client::Client::with_network(
         cluster.net.clone(),
         weir::client::ClientConfig {
@@ -476,14 +478,7 @@ async fn describe_gives_every_partitions_in_sync_replicas_through_one_broker() {
     assert!(created.error.is_none(), "{:?}", created.error);
     let leaders = leaders(&cluster, "isr", 3).await;
     // Bootstrapped to one broker only, which leads at most some partitions.
-    let one = weir::client::Admin::new(weir::client::Client::with_network(
-        cluster.net.clone(),
-        weir::client::ClientConfig {
-            bootstrap: vec![cluster.client_addr(1)],
-            request_timeout: Duration::from_secs(3),
-            ..weir::client::ClientConfig::default()
-        },
-    ));
+    let one = admin_client_via(&cluster, &[1]);
     let desc = eventually(20, "every replica in sync in the description", || async {
         let d = one.describe_topic("isr").await.ok()?;
         let all = d

@@ -1170,6 +1170,101 @@ mod tests {
         PartitionLog::open(Arc::new(RealDisk), dir, config(), 0).unwrap()
     }
 
+    /// RealDisk, counting the bytes its files are asked to read.
+    #[derive(Debug, Default)]
+    struct CountingDisk {
+        read_bytes: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    #[derive(Debug)]
+    struct CountingFile {
+        inner: Box<dyn crate::io::DiskFile>,
+        read_bytes: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl crate::io::Disk for CountingDisk {
+        fn open(
+            &self,
+            path: &Path,
+            mode: crate::io::OpenMode,
+        ) -> std::io::Result<Box<dyn crate::io::DiskFile>> {
+            Ok(Box::new(CountingFile {
+                inner: RealDisk.open(path, mode)?,
+                read_bytes: self.read_bytes.clone(),
+            }))
+        }
+        fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+            RealDisk.create_dir_all(path)
+        }
+        fn list_dir(&self, path: &Path) -> std::io::Result<Vec<String>> {
+            RealDisk.list_dir(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            RealDisk.rename(from, to)
+        }
+        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+            RealDisk.remove_file(path)
+        }
+        fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
+            RealDisk.remove_dir_all(path)
+        }
+        fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+            RealDisk.sync_dir(path)
+        }
+        fn exists(&self, path: &Path) -> bool {
+            RealDisk.exists(path)
+        }
+    }
+
+    impl crate::io::DiskFile for CountingFile {
+        fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+            let n = buf.len() as u64;
+            self.read_bytes
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            self.inner.read_at(buf, pos)
+        }
+        fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
+            self.inner.append(data)
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            self.inner.sync()
+        }
+        fn sync_handle(&self) -> std::io::Result<crate::io::SyncHandle> {
+            self.inner.sync_handle()
+        }
+        fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+            self.inner.truncate(len)
+        }
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+    }
+
+    /// Entries asked for up to an index the active segment remembers are
+    /// read alone, not with the rest of the segment after them (the
+    /// committed entries raft-rs reads for each Ready sit just before the
+    /// entries still being replicated).
+    #[test]
+    fn entries_read_only_the_batches_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(CountingDisk::default());
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            ..config()
+        };
+        let mut log = PartitionLog::open(disk.clone(), dir.path(), config, 0).unwrap();
+        for i in 1..=100 {
+            log.append(batch(i), 1, i, 0).unwrap();
+        }
+        let before = disk.read_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let got = log.entries(40, 50, usize::MAX).unwrap();
+        let read = disk.read_bytes.load(std::sync::atomic::Ordering::Relaxed) - before;
+        let indexes: Vec<u64> = got.iter().map(|(i, _)| *i).collect();
+        assert_eq!(indexes, (40..50).collect::<Vec<_>>());
+        let wanted: usize = got.iter().map(|(_, b)| b.size_bytes()).sum();
+        assert_eq!(read, wanted as u64, "bytes read for 10 of 100 batches");
+    }
+
     #[test]
     fn next_offset_after_index_matches_the_batches() {
         let dir = tempfile::tempdir().unwrap();

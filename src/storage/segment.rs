@@ -512,7 +512,17 @@ impl Segment {
         // found in that buffer: the bytes are read once and handed out as a
         // slice of it.
         let avail = self.size_bytes - position;
-        let want = (max_bytes.max(HEADER_SIZE) as u64).min(avail) as usize;
+        // Where the wanted batches end, when the segment remembers the
+        // batch at the limit: committed entries for a Ready, or a fetch up
+        // to the high watermark, are a few batches near the tail, and a
+        // read to `max_bytes` would read (and zero) far more.
+        let end = self
+            .recent_by_index(index_limit)
+            .or_else(|| self.recent_by_offset(max_offset))
+            .map(|r| r.position)
+            .filter(|end| *end > position);
+        let wanted = end.map_or(avail, |end| end - position);
+        let want = (max_bytes.max(HEADER_SIZE) as u64).min(wanted) as usize;
         let mut buf = self.read_bytes(position, want)?;
         let (mut at, mut count, mut index) = (0usize, 0usize, first_index);
         // Bounded by the batches that fit in the buffer.

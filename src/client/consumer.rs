@@ -456,22 +456,30 @@ impl Consumer {
                 )));
             };
             if !batch.is_control() {
-                let records = batch.records().map_err(|e| {
-                    Error::Transport(format!(
+                // Straight into the buffer, with no list of the batch's
+                // records in between; a batch that fails to decode takes
+                // back what it had added.
+                let kept = self.buffered.len();
+                let buffered = &mut self.buffered;
+                let decoded = batch.for_each_record(|r| {
+                    if r.offset >= next {
+                        buffered.push_back(ConsumerRecord {
+                            topic: topic.clone(),
+                            partition: fp.partition,
+                            offset: r.offset,
+                            key: r.event.key,
+                            value: r.event.value,
+                            timestamp_ms: r.event.timestamp_ms,
+                            headers: r.event.headers,
+                        });
+                    }
+                });
+                if let Err(e) = decoded {
+                    self.buffered.truncate(kept);
+                    return Err(Error::Transport(format!(
                         "undecodable batch in {}/{} at offset {}: {e}",
                         fp.topic, fp.partition, h.base_offset
-                    ))
-                })?;
-                for r in records.into_iter().filter(|r| r.offset >= next) {
-                    self.buffered.push_back(ConsumerRecord {
-                        topic: topic.clone(),
-                        partition: fp.partition,
-                        offset: r.offset,
-                        key: r.event.key,
-                        value: r.event.value,
-                        timestamp_ms: r.event.timestamp_ms,
-                        headers: r.event.headers,
-                    });
+                    )));
                 }
             }
             next = next.max(batch.next_offset());

@@ -1079,9 +1079,9 @@ mod tests {
         pos == b.size_bytes()
     }
 
-    /// One byte of a well-formed batch's records changed (CRC fixed up):
-    /// the fast walk accepts exactly what the full decoder accepts.
-    fn skip_agrees_after_change(e: Events, at: usize, byte: u8) -> bool {
+    /// A well-formed batch of `e` with one byte of its records set to
+    /// `byte` and the CRC fixed up; None if the header no longer parses.
+    fn with_byte_changed(e: &Events, at: usize, byte: u8) -> Option<RecordBatch> {
         let mut buf = build(&e.0).as_bytes().to_vec();
         if buf.len() > HEADER_SIZE {
             let i = HEADER_SIZE + at % (buf.len() - HEADER_SIZE);
@@ -1089,24 +1089,20 @@ mod tests {
         }
         let crc = crc32c::crc32c(&buf[ATTRIBUTES_POS..]);
         buf[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
-        match RecordBatch::parse(Bytes::from(buf), MAX) {
-            Ok(b) => skip_walk_ok(&b) == b.records().is_ok(),
-            Err(_) => true,
-        }
+        RecordBatch::parse(Bytes::from(buf), MAX).ok()
+    }
+
+    /// One byte of a well-formed batch's records changed (CRC fixed up):
+    /// the fast walk accepts exactly what the full decoder accepts.
+    fn skip_agrees_after_change(e: Events, at: usize, byte: u8) -> bool {
+        with_byte_changed(&e, at, byte).is_none_or(|b| skip_walk_ok(&b) == b.records().is_ok())
     }
 
     /// One byte changed as above: records handed out one at a time are the
     /// records decoded at once, and a batch that fails one way fails the
     /// other.
     fn one_at_a_time_agrees_with_decoding(e: Events, at: usize, byte: u8) -> bool {
-        let mut buf = build(&e.0).as_bytes().to_vec();
-        if buf.len() > HEADER_SIZE {
-            let i = HEADER_SIZE + at % (buf.len() - HEADER_SIZE);
-            buf[i] = byte;
-        }
-        let crc = crc32c::crc32c(&buf[ATTRIBUTES_POS..]);
-        buf[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
-        let Ok(b) = RecordBatch::parse(Bytes::from(buf), MAX) else {
+        let Some(b) = with_byte_changed(&e, at, byte) else {
             return true;
         };
         let mut seen = Vec::new();

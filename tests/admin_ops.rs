@@ -474,9 +474,7 @@ async fn transfer_leader_moves_leadership_and_names_bad_requests() {
 async fn describe_gives_every_partitions_in_sync_replicas_through_one_broker() {
     let cluster = Cluster::start(3).await;
     wait_for_cluster(&cluster).await;
-    let created = admin(&cluster, create("isr", 3, 3)).await;
-    assert!(created.error.is_none(), "{:?}", created.error);
-    let leaders = leaders(&cluster, "isr", 3).await;
+    let leaders = create_led(&cluster, "isr", 3, 3).await;
     // Bootstrapped to one broker only, which leads at most some partitions.
     let one = admin_client_via(&cluster, &[1]);
     let desc = eventually(20, "every replica in sync in the description", || async {

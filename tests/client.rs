@@ -290,9 +290,7 @@ async fn delivery_timeout_fails_the_send_clearly() {
 async fn records_from_one_leader_do_not_wait_for_another_leaders_long_poll() {
     let cluster = Cluster::start(3).await;
     wait_for_cluster(&cluster).await;
-    let a = admin(&cluster, create("spread", 3, 1)).await;
-    assert!(a.error.is_none(), "{:?}", a.error);
-    let leaders = leaders(&cluster, "spread", 3).await;
+    let leaders = create_led(&cluster, "spread", 3, 1).await;
     // Partition 0 and another one led by a different broker.
     let other = leaders[1..].iter().position(|l| *l != leaders[0]);
     let (quiet, busy) = (0u32, 1 + other.expect("two leaders") as u32);
@@ -353,9 +351,7 @@ async fn records_from_one_leader_do_not_wait_for_another_leaders_long_poll() {
 async fn position_counts_only_records_returned_by_poll() {
     let cluster = Cluster::start(1).await;
     wait_for_cluster(&cluster).await;
-    let a = admin(&cluster, create("held", 1, 1)).await;
-    assert!(a.error.is_none(), "{:?}", a.error);
-    leaders(&cluster, "held", 1).await;
+    create_led(&cluster, "held", 1, 1).await;
     let producer = Producer::new(client(&cluster), ProducerConfig::default());
     let mut last = 0;
     for i in 0..10 {

@@ -97,9 +97,7 @@ fn replica_bytes(cluster: &Cluster, broker: u64, partition: u32) -> Vec<u8> {
 async fn leader_failover_keeps_acknowledged_writes() {
     let mut cluster = Cluster::start(3).await;
     wait_for_cluster(&cluster).await;
-    let created = admin(&cluster, create(TOPIC, PARTITIONS, 3)).await;
-    assert!(created.error.is_none(), "{:?}", created.error);
-    let before = leaders(&cluster, TOPIC, PARTITIONS).await;
+    let before = create_led(&cluster, TOPIC, PARTITIONS, 3).await;
 
     let mut acked = Acked::new();
     write(&cluster, &mut acked, 1, 60).await;
@@ -166,8 +164,7 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(e.code, ErrorCode::UnknownTopic as i32);
     assert!(e.message.contains("nope"), "{}", e.message);
 
-    assert!(admin(&cluster, create("small", 1, 1)).await.error.is_none());
-    leaders(&cluster, "small", 1).await;
+    create_led(&cluster, "small", 1, 1).await;
     let big = batch_of(&[event("k", &"x".repeat(2 * 1024 * 1024))]);
     let resp = eventually(10, "an answer from the leader", || async {
         for id in cluster.running.keys() {

@@ -267,6 +267,18 @@ pub fn create(name: &str, partitions: u32, rf: u32) -> Req {
     })
 }
 
+/// Creates `name` (failing the test if the controller refuses) and returns
+/// each partition's leader once all have one.
+pub async fn create_led(cluster: &Cluster, name: &str, partitions: u32, rf: u32) -> Vec<u64> {
+    let created = admin(cluster, create(name, partitions, rf)).await;
+    assert!(
+        created.error.is_none(),
+        "create {name}: {:?}",
+        created.error
+    );
+    leaders(cluster, name, partitions).await
+}
+
 /// The leader of each partition of `topic`, once all have one.
 pub async fn leaders(cluster: &Cluster, topic: &str, partitions: u32) -> Vec<u64> {
     eventually(20, "partition leaders", || async {

@@ -170,6 +170,12 @@ impl DriverConfig {
             check_quorum: true,
             pre_vote: true,
             applied,
+            // No limit: partitions hand raft-rs committed entries without
+            // their data (`RaftLog::omit_data_of_committed`), which would
+            // break its count of uncommitted bytes. Proposals are bounded
+            // before they reach raft-rs instead: by the server's connection
+            // and in-flight request limits and the driver's input queue.
+            max_uncommitted_size: raft::NO_LIMIT,
             ..Default::default()
         }
     }
@@ -716,6 +722,10 @@ impl Driver {
     fn add_group(&mut self, spec: GroupSpec) {
         if self.groups.contains_key(&spec.id) {
             return;
+        }
+        if spec.apply.is_none() {
+            // Nothing reads a committed entry's data but a state machine.
+            spec.log.omit_data_of_committed();
         }
         let config = self.config.raft_config(spec.applied);
         let logger = self.logger.new(slog::o!("group" => spec.id));

@@ -189,6 +189,9 @@ struct State {
     poisoned: Option<String>,
     /// A read that failed while raft-rs was told "temporarily unavailable".
     read_error: Option<StorageError>,
+    /// Entries read for Raft's own bookkeeping carry their data (see
+    /// [`RaftLog::omit_data_of_committed`]).
+    committed_data: bool,
 }
 
 impl State {
@@ -285,6 +288,7 @@ impl RaftLog {
             conf,
             poisoned: None,
             read_error: None,
+            committed_data: true,
         };
         state.hard_state.commit = state.clamped_commit();
         Ok(RaftLog {
@@ -589,11 +593,48 @@ impl RaftLog {
         self.lock().log.next_offset_after_index(commit)
     }
 
+    /// Lets raft-rs have the committed entries of a Ready (and the entries it
+    /// checks for pending configuration changes) without their data, for a
+    /// group without a state machine: a partition's committed entries only
+    /// move its high watermark, and reading back the bytes just written,
+    /// with a CRC check, cost every replica a `pread` per commit. Data
+    /// entries come from the active segment's memory of its recent batches;
+    /// configuration changes, and anything older, are read as before.
+    ///
+    /// Only reads raft-rs says cannot be asynchronous are answered this way
+    /// (`GetEntriesContext::can_async` false: a Ready's committed entries,
+    /// leader transfer and vote checks, which look at entry types alone).
+    /// Entries sent to followers always carry their data. raft-rs also sums
+    /// committed data sizes to track uncommitted bytes, which Weir leaves
+    /// unlimited (`max_uncommitted_size`), so the sum is unused.
+    pub fn omit_data_of_committed(&self) {
+        self.lock().committed_data = false;
+    }
+
     /// The error behind the last read that raft-rs was told was temporarily
     /// unavailable; the driver should stop the group when it finds one.
     pub fn take_read_error(&self) -> Option<StorageError> {
         self.lock().read_error.take()
     }
+}
+
+/// Entries `[low, high)` as index, term and type without data, if all are
+/// recent data batches (see [`RaftLog::omit_data_of_committed`]). A control
+/// batch may be a configuration change, whose data raft-rs needs: `None`.
+fn entries_without_data(log: &PartitionLog, low: u64, high: u64) -> Option<Vec<Entry>> {
+    let kinds = log.recent_entry_kinds(low, high)?;
+    if kinds.iter().any(|k| k.control) {
+        return None;
+    }
+    let entries = kinds
+        .iter()
+        .map(|k| Entry {
+            index: k.index,
+            term: k.term,
+            ..Entry::default()
+        })
+        .collect();
+    Some(entries)
 }
 
 fn store_err(e: StorageError) -> raft::Error {
@@ -625,6 +666,11 @@ impl Storage for RaftLog {
         }
         if low == high {
             return Ok(Vec::new());
+        }
+        if !context.can_async() && !st.committed_data {
+            if let Some(entries) = entries_without_data(&st.log, low, high) {
+                return Ok(entries);
+            }
         }
         let max_bytes = max_size
             .into()
@@ -985,6 +1031,62 @@ mod tests {
         log.append(&entries, 0).unwrap();
         log.sync().unwrap();
         log
+    }
+
+    /// With `omit_data_of_committed`, reads raft-rs cannot make
+    /// asynchronous (a Ready's committed entries) get recent data entries
+    /// without data; configuration changes, older entries and entries for
+    /// followers keep theirs.
+    #[test]
+    fn committed_entries_come_without_data_only_where_nothing_needs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk: DiskRef = Arc::new(crate::io::RealDisk);
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            ..small_config()
+        };
+        let log = RaftLog::open(disk, dir.path(), config, 0, &[1, 2, 3]).unwrap();
+        let cc = entry(
+            EntryType::EntryConfChange,
+            Bytes::from_static(b"\x08\x01\x10\x04"),
+            11,
+            2,
+        );
+        let mut entries = vec![entry(EntryType::EntryNormal, Bytes::new(), 1, 1)];
+        entries.extend((2..=10).map(|i| data_entry(i, 1)));
+        entries.push(cc.clone());
+        entries.extend((12..=15).map(|i| data_entry(i, 2)));
+        log.append(&entries, 0).unwrap();
+        log.sync().unwrap();
+        let committed = GetEntriesContext::empty(false);
+        let read = |low, high, ctx| log.entries(low, high, None, ctx).unwrap();
+        let with_data = read(1, 16, GetEntriesContext::empty(false));
+        assert!(with_data.iter().skip(1).all(|e| !e.data.is_empty()));
+
+        log.omit_data_of_committed();
+        let bare = |e: &Entry| Entry {
+            data: Bytes::new(),
+            ..e.clone()
+        };
+        let expected: Vec<Entry> = with_data[11..15].iter().map(bare).collect();
+        assert_eq!(read(12, 16, GetEntriesContext::empty(false)), expected);
+        assert_eq!(read(12, 16, committed), expected);
+        assert!(read(2, 11, GetEntriesContext::empty(false))
+            .iter()
+            .all(|e| e.data.is_empty() && e.get_entry_type() == EntryType::EntryNormal));
+        // A control batch in the range (no-op or configuration change):
+        // read in full, so a configuration change keeps its data.
+        assert_eq!(
+            read(10, 13, GetEntriesContext::empty(false)),
+            with_data[9..12]
+        );
+        assert_eq!(read(1, 3, GetEntriesContext::empty(false)), with_data[..2]);
+        assert_eq!(read(11, 12, GetEntriesContext::empty(false)), vec![cc]);
+        // Entries that may go to a follower always carry their data.
+        assert_eq!(
+            read(12, 16, GetEntriesContext::empty(true)),
+            with_data[11..15]
+        );
     }
 
     #[test]

@@ -37,6 +37,17 @@ pub struct FetchedBatches {
 }
 
 /// What a retention pass removed.
+/// A Raft entry's index, term and kind, without its data: see
+/// [`PartitionLog::recent_entry_kinds`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryKind {
+    pub index: u64,
+    pub term: u64,
+    /// Its batch is a control batch: a Raft no-op or configuration change,
+    /// or a Kafka control record.
+    pub control: bool,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RetentionOutcome {
     pub segments_deleted: usize,
@@ -805,6 +816,27 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// What Raft needs to know of entries `[low, high)` when it does not
+    /// need their data: each one's index, term and whether its batch is a
+    /// control batch. Answered from memory, so only when every one of them
+    /// is among the active segment's recent batches; `None` otherwise (and
+    /// for an empty range).
+    pub fn recent_entry_kinds(&self, low: u64, high: u64) -> Option<Vec<EntryKind>> {
+        if low >= high || high > self.last_index() + 1 {
+            return None;
+        }
+        let active = self.active();
+        let mut out = Vec::with_capacity(usize::try_from(high - low).ok()?);
+        for index in low..high {
+            out.push(EntryKind {
+                index,
+                term: self.term(index)?,
+                control: active.recent_by_index(index)?.control,
+            });
+        }
+        Some(out)
+    }
+
     /// Raft entries `[low, high)` as batches with their indexes: at most
     /// `max_bytes`, but at least one entry. Each batch's CRC is checked, so
     /// damage on disk is never replicated.
@@ -1130,7 +1162,7 @@ fn save_start(disk: &dyn crate::io::Disk, dir: &Path, s: LogStart) -> Result<()>
 mod tests {
     use super::*;
     use crate::io::RealDisk;
-    use crate::types::{BatchBuilder, Event};
+    use crate::types::{BatchBuilder, ControlType, Event};
     use std::sync::Arc;
 
     fn config() -> LogConfig {
@@ -1263,6 +1295,41 @@ mod tests {
         assert_eq!(indexes, (40..50).collect::<Vec<_>>());
         let wanted: usize = got.iter().map(|(_, b)| b.size_bytes()).sum();
         assert_eq!(read, wanted as u64, "bytes read for 10 of 100 batches");
+    }
+
+    #[test]
+    fn recent_entry_kinds_come_from_memory_for_the_active_segment_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(CountingDisk::default());
+        let mut log = PartitionLog::open(disk.clone(), dir.path(), config(), 0).unwrap();
+        let noop = || BatchBuilder::control(ControlType::RaftNoop, Bytes::new(), -1);
+        log.append(noop(), 1, 1, 0).unwrap();
+        for i in 2..=40 {
+            log.append(batch(i), 1 + i / 20, i, 0).unwrap();
+        }
+        log.append(noop(), 3, 41, 0).unwrap();
+        log.sync().unwrap();
+        assert!(log.segment_count() > 3, "the test needs sealed segments");
+        let active_first = log.segments.last().unwrap().base_index;
+        assert!(active_first < 39, "the test needs a few active batches");
+
+        let before = disk.read_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let kinds = log.recent_entry_kinds(active_first, 42).unwrap();
+        let read = disk.read_bytes.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert_eq!(read, 0, "answered from memory");
+        let expected: Vec<EntryKind> = (active_first..42)
+            .map(|index| EntryKind {
+                index,
+                term: 1 + index / 20,
+                control: index == 41,
+            })
+            .collect();
+        assert_eq!(kinds, expected);
+        // Entries in sealed segments, beyond the log, or none: not known.
+        assert_eq!(log.recent_entry_kinds(active_first - 1, 42), None);
+        assert_eq!(log.recent_entry_kinds(1, 2), None);
+        assert_eq!(log.recent_entry_kinds(active_first, 43), None);
+        assert_eq!(log.recent_entry_kinds(40, 40), None);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub mod segment;
 
 pub use config::LogConfig;
 pub use hard_state::HardState;
-pub use log::{Appended, FetchedBatches, PartitionLog, PendingSync, RetentionOutcome};
+pub use log::{Appended, EntryKind, FetchedBatches, PartitionLog, PendingSync, RetentionOutcome};
 
 use crate::types::RecordError;
 use std::fmt;

@@ -389,12 +389,7 @@ impl Producer {
         };
         *last_generation += 1;
         let generation = *last_generation;
-        if !topics.contains_key(&rec.topic) {
-            topics.insert(rec.topic.clone(), BTreeMap::new());
-        }
-        let Some(accs) = topics.get_mut(&rec.topic) else {
-            unreachable!("inserted above");
-        };
+        let accs = topics.entry(rec.topic.clone()).or_default();
         // A record that would take its batch past `batch_size` closes the
         // batch first, as in Kafka: batches stay within the size (a larger
         // record travels alone), and their buffers, allocated at that size,

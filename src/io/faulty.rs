@@ -512,6 +512,17 @@ impl DiskFile for FaultyFile {
         self.inner.append(data)
     }
 
+    /// One append as far as faults go (the real file writes the parts in
+    /// one call), so a batch draws its faults once, as before it was split.
+    fn append_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        for kind in [FaultKind::AppendEnospc, FaultKind::AppendEio] {
+            if self.injector.fires(kind) {
+                return self.fail_append(kind, &parts.concat());
+            }
+        }
+        self.inner.append_parts(parts)
+    }
+
     fn sync(&self) -> io::Result<()> {
         if self.injector.fires(FaultKind::SyncEio) {
             // The inner sync is skipped on purpose: the data stays unsynced.

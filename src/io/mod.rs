@@ -88,6 +88,15 @@ pub trait DiskFile: Send + Sync + Debug {
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
     /// Appends all of `data` at the current end of the file.
     fn append(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Appends `parts`, one after another, as [`DiskFile::append`] of their
+    /// concatenation would (a real file writes them in one vectored call;
+    /// the default appends each in turn).
+    fn append_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        for part in parts {
+            self.append(part)?;
+        }
+        Ok(())
+    }
     /// Makes the file's data and size durable (fsync).
     fn sync(&self) -> io::Result<()>;
     /// A handle that syncs this file without borrowing it, so that a sync

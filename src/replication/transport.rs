@@ -407,7 +407,10 @@ impl PeerReader {
 fn decode_raft(from: u64, batch: RaftBatch, logger: &Logger) -> Vec<(u64, Message)> {
     let mut out = Vec::with_capacity(batch.messages.len());
     for gm in batch.messages {
-        match Message::parse_from_bytes(&gm.message) {
+        // Entries' data share the frame's bytes instead of being copied
+        // out: the log writes them from there (the frame lives as long as
+        // raft-rs holds the entries, until they are persisted).
+        match Message::parse_from_carllerche_bytes(&gm.message) {
             Ok(m) if m.from == from => out.push((gm.group, m)),
             Ok(_) => slog::warn!(logger, "dropping Raft message that claims another sender"),
             Err(e) => slog::warn!(logger, "dropping undecodable Raft message"; "error" => %e),

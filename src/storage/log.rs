@@ -16,7 +16,8 @@ use super::index::TermRun;
 use super::segment::{self, push_term, terms_within, Located, Segment, Target};
 use super::{atomic, io_err, Result, StorageError};
 use crate::io::DiskRef;
-use crate::types::{RecordBatch, RecordError};
+use crate::types::record::HEADER_SIZE;
+use crate::types::{BatchHeader, RecordBatch, RecordError};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 
@@ -377,14 +378,20 @@ impl PartitionLog {
             self.roll().map_err(|e| self.poison(e))?;
         }
         let base_offset = self.next_offset();
-        let stamped = batch.stamp(base_offset, term as i32);
-        let header = stamped.header();
+        // The stamped header, then the rest as it is: the batch's bytes are
+        // usually shared (with raft-rs's unstable entries, or the frame a
+        // follower received), so stamping them in place would copy it whole.
+        let head = batch.stamped_header(base_offset, term as i32);
+        let header = BatchHeader::parse(&head, self.config.max_batch_bytes)?;
+        debug_assert_eq!(header.base_offset, base_offset);
+        debug_assert_eq!(header.size_bytes(), batch.size_bytes());
+        let parts = [&head[..], &batch.as_bytes()[HEADER_SIZE..]];
         let interval = self.config.index_interval_bytes;
         let active = self.segments.last_mut().expect("active segment");
         if active.is_empty() {
             self.active_since_ms = now_ms;
         }
-        if let Err(e) = active.append(stamped.as_bytes(), &header, interval) {
+        if let Err(e) = active.append(&parts, &header, interval) {
             let path = active.path.display().to_string();
             return Err(self.poison(StorageError::Io {
                 context: format!("append to {path}"),

@@ -380,13 +380,16 @@ impl Segment {
     /// Appends one stamped batch (not yet synced).
     pub fn append(
         &mut self,
-        bytes: &[u8],
+        parts: &[&[u8]],
         header: &BatchHeader,
         interval: u64,
     ) -> std::io::Result<()> {
         debug_assert_eq!(header.base_offset, self.next_offset);
-        debug_assert_eq!(header.size_bytes(), bytes.len());
-        self.file.append(bytes)?;
+        debug_assert_eq!(
+            header.size_bytes(),
+            parts.iter().map(|p| p.len()).sum::<usize>()
+        );
+        self.file.append_parts(parts)?;
         self.x.note_append(header, interval);
         Ok(())
     }

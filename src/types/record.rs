@@ -392,6 +392,18 @@ impl RecordBatch {
         be_i16(&self.buf, ATTRIBUTES_POS) & CONTROL_BIT != 0
     }
 
+    /// The batch's fixed header as [`RecordBatch::stamp`] would make it:
+    /// with `base_offset` and `leader_epoch`. The log writes it followed by
+    /// the rest of the batch, unchanged, rather than copying the batch to
+    /// stamp it (neither field is covered by the CRC).
+    pub fn stamped_header(&self, base_offset: i64, leader_epoch: i32) -> [u8; HEADER_SIZE] {
+        let mut head = [0u8; HEADER_SIZE];
+        head.copy_from_slice(&self.buf[..HEADER_SIZE]);
+        head[0..8].copy_from_slice(&base_offset.to_be_bytes());
+        head[LEADER_EPOCH_POS..LEADER_EPOCH_POS + 4].copy_from_slice(&leader_epoch.to_be_bytes());
+        head
+    }
+
     /// Stamps the base offset and leader epoch (the Raft term). Neither is
     /// covered by the CRC, so the batch stays valid. Copies only if the
     /// bytes are shared.
@@ -1282,5 +1294,16 @@ mod tests {
         assert_eq!(stamped.base_offset(), 9);
         assert_eq!(stamped.leader_epoch(), 3);
         assert!(RecordBatch::parse(stamped.into_bytes(), MAX).is_ok());
+    }
+
+    #[test]
+    fn stamped_header_then_the_rest_is_the_stamped_batch() {
+        let batch = build(&[Event::default(), Event::default()]);
+        let head = batch.stamped_header(1_234, 5);
+        let mut bytes = head.to_vec();
+        bytes.extend_from_slice(&batch.as_bytes()[HEADER_SIZE..]);
+        assert_eq!(bytes, batch.clone().stamp(1_234, 5).as_bytes()[..]);
+        assert_eq!(batch.base_offset(), 0, "the batch itself is untouched");
+        assert!(RecordBatch::parse(Bytes::from(bytes), MAX).is_ok());
     }
 }

@@ -796,8 +796,7 @@ impl Driver {
             reply(p.reply, Err(ProposeError::NotLeader { leader }));
             return;
         }
-        let data = p.batch.into_bytes().to_vec();
-        if g.node.propose(vec![], data).is_err() {
+        if propose_bytes(&mut g.node, p.batch.into_bytes()).is_err() {
             // Dropped: a leadership transfer is under way.
             reply(p.reply, Err(ProposeError::NotLeader { leader: 0 }));
             return;
@@ -1406,6 +1405,22 @@ fn leader_settled(g: &Group, liveness: &dyn Liveness) -> bool {
             .iter()
             .filter(|(id, _)| **id != raft.id)
             .all(|(id, p)| p.matched == last && liveness.broker_live(*id))
+}
+
+/// `RawNode::propose` without its `Vec<u8>`: the same `MsgPropose`, stepped
+/// into the node the same way, but carrying the batch's own bytes (raft-rs
+/// keeps entry data as `Bytes`), so a produce request's batch is not copied
+/// on its way into the log.
+fn propose_bytes(node: &mut RawNode<RaftLog>, data: bytes::Bytes) -> raft::Result<()> {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgPropose);
+    m.from = node.raft.id;
+    let entry = Entry {
+        data,
+        ..Entry::default()
+    };
+    m.set_entries(vec![entry].into());
+    node.raft.step(m)
 }
 
 fn is_vote_request(m: &Message) -> bool {

@@ -104,7 +104,8 @@ fn check_len(len_bytes: usize, max_bytes: usize) -> Result<(), FrameError> {
 
 /// The header for a payload of `len_bytes`, refusing lengths above the cap
 /// (which also keeps them within the header's 32 bits).
-fn header(len_bytes: usize, max_bytes: usize) -> Result<[u8; HEADER_BYTES], FrameError> {
+/// The length prefix of a `len_bytes` payload, if within `max_bytes`.
+pub fn header(len_bytes: usize, max_bytes: usize) -> Result<[u8; HEADER_BYTES], FrameError> {
     check_len(len_bytes, max_bytes)?;
     let len = u32::try_from(len_bytes).map_err(|_| FrameError::TooLarge {
         len_bytes,
@@ -231,10 +232,30 @@ where
     W: AsyncWrite + Unpin,
     M: prost::Message,
 {
+    let mut buf = encode_message(msg)?;
+    w.write_all_buf(&mut buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// `msg` as one frame, length prefix included.
+pub fn encode_message<M: prost::Message>(msg: &M) -> Result<BytesMut, FrameError> {
     let mut buf = BytesMut::new();
     let header = header(msg.encoded_len(), FRAME_BYTES_MAX)?;
     encode_frame(&mut buf, header, msg)?;
-    w.write_all_buf(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Writes frames encoded ahead, length prefixes included (see
+/// [`encode_message`]), one after another, and flushes.
+pub async fn write_encoded<W, F>(w: &mut W, frames: &[F]) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin,
+    F: AsRef<[u8]>,
+{
+    for f in frames {
+        w.write_all(f.as_ref()).await?;
+    }
     w.flush().await?;
     Ok(())
 }

@@ -15,8 +15,11 @@
 //! - [`transport`]: the peer links that carry those batches, the reader of
 //!   incoming peer connections, and what a broker learns from its peers
 //!   (liveness, leaders of groups it does not host).
+//! - [`raft_frame`]: the frames of Raft messages those links write, encoded
+//!   by hand so that each message is written straight into its frame.
 
 pub mod driver;
+pub mod raft_frame;
 pub mod raft_log;
 pub mod timings;
 pub mod transport;

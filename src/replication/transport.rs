@@ -8,9 +8,10 @@
 //! that cannot connect drops what it holds and retries with backoff.
 
 use super::driver::{Input, Liveness, Outbound};
+use super::raft_frame;
 use crate::io::frame::{self, FrameReader};
 use crate::io::net::{BoxStream, Listener, NetworkRef};
-use crate::proto::{peer_message, GroupMessage, PeerMessage, RaftBatch};
+use crate::proto::{peer_message, PeerMessage, RaftBatch};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use slog::Logger;
@@ -238,9 +239,17 @@ impl Link {
                 slog::debug!(self.logger, "peer restarted; reconnecting");
                 conn = None;
             }
-            let frame = match item {
-                LinkItem::Raft(first) => self.coalesce(first, &mut rx),
-                LinkItem::Peer(m) => m,
+            let frames = match item {
+                LinkItem::Raft(first) => self.raft_frames(first, &mut rx),
+                LinkItem::Peer(m) => frame::encode_message(&m).map(|f| vec![f.to_vec()]),
+            };
+            let frames = match frames {
+                Ok(frames) if !frames.is_empty() => frames,
+                Ok(_) => continue,
+                Err(e) => {
+                    slog::error!(self.logger, "cannot encode a peer frame"; "error" => %e);
+                    continue;
+                }
             };
             if conn.is_none() {
                 match self.net.connect(&self.addr).await {
@@ -263,7 +272,7 @@ impl Link {
             // partition) blocks once the socket buffer is full: bound it,
             // and start over on a fresh connection.
             let timeout = Duration::from_millis(WRITE_TIMEOUT_MS);
-            match tokio::time::timeout(timeout, frame::write_message(stream, &frame)).await {
+            match tokio::time::timeout(timeout, frame::write_encoded(stream, &frames)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     slog::debug!(self.logger, "peer link broke"; "error" => %e);
@@ -277,40 +286,32 @@ impl Link {
         }
     }
 
-    /// One frame of the Raft messages queued, up to the frame limit. Stops
-    /// at the first item that is not Raft messages: that one is dropped
-    /// (leader reports recur; proposals are retried by their senders).
-    fn coalesce(
+    /// Frames of the Raft messages queued (usually one; more only past
+    /// the frame limit). Stops at the first item that is not Raft
+    /// messages: that one is dropped (leader reports recur; proposals are
+    /// retried by their senders).
+    fn raft_frames(
         &self,
         first: Vec<(u64, Message)>,
         rx: &mut mpsc::Receiver<LinkItem>,
-    ) -> PeerMessage {
-        let mut messages: Vec<GroupMessage> = Vec::with_capacity(first.len());
-        let push = |batch: Vec<(u64, Message)>, out: &mut Vec<GroupMessage>| {
-            for (group, m) in batch {
-                match m.write_to_bytes() {
-                    Ok(bytes) => out.push(GroupMessage {
-                        group,
-                        message: bytes.into(),
-                    }),
-                    Err(e) => {
-                        slog::error!(self.logger, "cannot encode Raft message"; "error" => %e)
-                    }
-                }
-            }
-        };
-        push(first, &mut messages);
+    ) -> Result<Vec<Vec<u8>>, frame::FrameError> {
+        let mut messages = first;
         while messages.len() < MESSAGES_PER_FRAME_MAX {
             match rx.try_recv() {
-                Ok(LinkItem::Raft(batch)) => push(batch, &mut messages),
+                Ok(LinkItem::Raft(batch)) => messages.extend(batch),
                 _ => break,
             }
         }
-        PeerMessage {
-            from: self.self_id,
-            incarnation: self.incarnation,
-            body: Some(peer_message::Body::Raft(RaftBatch { messages })),
+        let (frames, skipped) = raft_frame::encode(
+            self.self_id,
+            self.incarnation,
+            &messages,
+            frame::FRAME_BYTES_MAX,
+        )?;
+        if skipped > 0 {
+            slog::error!(self.logger, "Raft messages too large for a frame dropped"; "count" => skipped);
         }
+        Ok(frames)
     }
 }
 

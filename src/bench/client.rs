@@ -603,6 +603,8 @@ const SEND_CLOCK_RECORDS: u64 = 8;
 /// The collector adds its latencies to the shared histogram every this many
 /// records (and at the end).
 const MERGE_RECORDS: u64 = 4096;
+/// The e2e receiver merges at least this often when records arrive slowly.
+const E2E_MERGE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Sends `count` records and collects their acknowledgements in send order
 /// on a second task, holding about `in_flight` unacknowledged at most
@@ -945,6 +947,7 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
         });
         let (mut records, mut bytes) = (0u64, 0u64);
         let mut local = new_histogram()?;
+        let (mut unmerged, mut merged_at) = (0u64, Instant::now());
         let mut last_progress = Instant::now();
         while records < args.records {
             let batch = consumer
@@ -981,12 +984,20 @@ pub fn run_e2e(args: &E2eArgs) -> Result<Summary, String> {
                 records += 1;
                 bytes += v.len() as u64;
             }
-            // One lock per poll, not per record: the receiver shares the
-            // cores with the brokers it measures.
-            progress.merge_latency(&mut local);
+            // Merging walks and clears the whole histogram (~21k buckets),
+            // whatever it holds: once per poll it cost the receiver more
+            // than the records did at low rates. So it waits for
+            // MERGE_RECORDS records or E2E_MERGE_INTERVAL (the progress
+            // lines read the shared histogram once a second).
+            unmerged += batch.len() as u64;
+            if unmerged >= MERGE_RECORDS || merged_at.elapsed() >= E2E_MERGE_INTERVAL {
+                progress.merge_latency(&mut local);
+                (unmerged, merged_at) = (0, Instant::now());
+            }
             progress.records.store(records, Ordering::Relaxed);
             progress.bytes.store(bytes, Ordering::Relaxed);
         }
+        progress.merge_latency(&mut local);
         let elapsed = base.elapsed();
         progress.done.store(true, Ordering::Relaxed);
         if let Some(handle) = sender {

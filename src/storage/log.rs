@@ -37,7 +37,6 @@ pub struct FetchedBatches {
     pub batches: usize,
 }
 
-/// What a retention pass removed.
 /// A Raft entry's index, term and kind, without its data: see
 /// [`PartitionLog::recent_entry_kinds`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +48,7 @@ pub struct EntryKind {
     pub control: bool,
 }
 
+/// What a retention pass removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RetentionOutcome {
     pub segments_deleted: usize,
@@ -833,6 +833,10 @@ impl PartitionLog {
             return None;
         }
         let active = self.active();
+        // Both ends in the ring (which is consecutive) before allocating:
+        // the range is then at most the ring's length.
+        active.recent_by_index(low)?;
+        active.recent_by_index(high - 1)?;
         let mut out = Vec::with_capacity(usize::try_from(high - low).ok()?);
         for index in low..high {
             out.push(EntryKind {

@@ -106,6 +106,7 @@ impl DiskFile for RealFile {
     fn append_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
         let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let mut rest = &mut slices[..];
+        // Drops leading empty parts, so that "all written" is "none left".
         IoSlice::advance_slices(&mut rest, 0);
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut written = 0usize;

@@ -241,7 +241,7 @@ impl Link {
             }
             let frames = match item {
                 LinkItem::Raft(first) => self.raft_frames(first, &mut rx),
-                LinkItem::Peer(m) => frame::encode_message(&m).map(|f| vec![f.to_vec()]),
+                LinkItem::Peer(m) => frame::encode_message(&m).map(|f| vec![Vec::from(f)]),
             };
             let frames = match frames {
                 Ok(frames) if !frames.is_empty() => frames,

@@ -476,8 +476,13 @@ impl RecordBatch {
     fn walk(&self, h: &BatchHeader, mut each: impl FnMut(Layout)) -> Result<(), RecordError> {
         let mut pos = HEADER_SIZE;
         for i in 0..h.records_count {
-            let layout = parse_record(&self.buf, pos, i)
-                .map_err(|e| RecordError::Malformed(format!("record {i} at byte {pos}: {e}")))?;
+            let layout = match scan_layout(&self.buf, pos, i) {
+                Some(layout) => layout,
+                // The full parser finds the same fault and says what it is.
+                None => parse_record(&self.buf, pos, i).map_err(|e| {
+                    RecordError::Malformed(format!("record {i} at byte {pos}: {e}"))
+                })?,
+            };
             pos = layout.end;
             each(layout);
         }
@@ -516,6 +521,7 @@ pub fn split_batches(mut bytes: Bytes, max_bytes: usize) -> Result<Vec<RecordBat
 }
 
 /// Where the parts of one record lie in the batch's bytes, once checked.
+#[derive(Debug, PartialEq)]
 struct Layout {
     end: usize,
     offset_delta: i32,
@@ -643,6 +649,42 @@ fn parse_record(buf: &[u8], pos: usize, index: i32) -> Result<Layout, String> {
 /// anything or an error message. `validate_records` runs it on every
 /// produced record; on `None` it asks `parse_record` what is wrong.
 fn skip_record(buf: &[u8], pos: usize, index: i32) -> Option<usize> {
+    scan_record(buf, pos, index, |_, _| {}).map(|s| s.end)
+}
+
+/// Record number `index` at `pos`, if it is well formed, by the checks of
+/// [`parse_record`] without its error messages: the decoder's fast path
+/// (a consumer decodes every record it reads); on `None` the caller asks
+/// `parse_record` what is wrong.
+fn scan_layout(buf: &[u8], pos: usize, index: i32) -> Option<Layout> {
+    let mut headers = Vec::new();
+    let s = scan_record(buf, pos, index, |key, value| headers.push((key, value)))?;
+    Some(Layout {
+        end: s.end,
+        offset_delta: index,
+        timestamp_delta: s.timestamp_delta,
+        key: s.key,
+        value: s.value,
+        headers,
+    })
+}
+
+/// What [`scan_record`] finds of a record besides its headers.
+struct Scanned {
+    end: usize,
+    timestamp_delta: i64,
+    key: Option<Range<usize>>,
+    value: Option<Range<usize>>,
+}
+
+/// The checks of [`parse_record`] without error messages; hands each
+/// header's key and value to `header`.
+fn scan_record(
+    buf: &[u8],
+    pos: usize,
+    index: i32,
+    mut header: impl FnMut(Range<usize>, Option<Range<usize>>),
+) -> Option<Scanned> {
     let (len, n) = get_varint(buf.get(pos..)?)?;
     let len = usize::try_from(len).ok()?;
     let start = pos + n;
@@ -656,28 +698,30 @@ fn skip_record(buf: &[u8], pos: usize, index: i32) -> Option<usize> {
         return None;
     }
     let mut p = start + 1;
-    let (_, n) = get_varlong(&rec[p..])?;
+    let (timestamp_delta, n) = get_varlong(&rec[p..])?;
     p += n;
     let (offset_delta, n) = get_varint(&rec[p..])?;
     p += n;
     if offset_delta != index {
         return None;
     }
-    // A length-prefixed byte string (-1: null): where it ends.
-    let span = |p: usize| -> Option<usize> {
+    // A length-prefixed byte string (-1: null): its place, and where the
+    // next field starts.
+    let span = |p: usize| -> Option<(Option<Range<usize>>, usize)> {
         let (len, n) = get_varint(&rec[p..])?;
         let p = p + n;
         if len == -1 {
-            return Some(p);
+            return Some((None, p));
         }
         let len = usize::try_from(len).ok()?;
         if len > end - p {
             return None;
         }
-        Some(p + len)
+        Some((Some(p..p + len), p + len))
     };
-    p = span(p)?; // key
-    p = span(p)?; // value
+    let (key, next) = span(p)?;
+    let (value, next) = span(next)?;
+    p = next;
     let (count, n) = get_varint(&rec[p..])?;
     p += n;
     let count = usize::try_from(count).ok()?;
@@ -692,13 +736,21 @@ fn skip_record(buf: &[u8], pos: usize, index: i32) -> Option<usize> {
         if key_len > end - key_start {
             return None;
         }
-        std::str::from_utf8(&rec[key_start..key_start + key_len]).ok()?;
-        p = span(key_start + key_len)?; // header value
+        let key = key_start..key_start + key_len;
+        std::str::from_utf8(&rec[key.clone()]).ok()?;
+        let (value, next) = span(key.end)?;
+        header(key, value);
+        p = next;
     }
     if p != end {
         return None;
     }
-    Some(end)
+    Some(Scanned {
+        end,
+        timestamp_delta,
+        key,
+        value,
+    })
 }
 
 fn parse_headers(c: &mut Cursor<'_>) -> Result<Vec<HeaderSpan>, String> {
@@ -1133,10 +1185,49 @@ mod tests {
         RecordBatch::parse(Bytes::from(buf), MAX).ok()
     }
 
+    /// Every record's layout by `parse` alone (no fallback), or None at the
+    /// first record it refuses or if bytes are left over.
+    fn layouts_by(
+        b: &RecordBatch,
+        parse: impl Fn(&[u8], usize, i32) -> Option<Layout>,
+    ) -> Option<Vec<Layout>> {
+        let h = b.header();
+        let mut pos = HEADER_SIZE;
+        let mut out = Vec::new();
+        for i in 0..h.records_count {
+            let layout = parse(b.as_bytes(), pos, i)?;
+            pos = layout.end;
+            out.push(layout);
+        }
+        (pos == b.size_bytes()).then_some(out)
+    }
+
+    /// The reference: the full parser, which says what is wrong.
+    fn full_layouts(b: &RecordBatch) -> Option<Vec<Layout>> {
+        layouts_by(b, |buf, pos, i| parse_record(buf, pos, i).ok())
+    }
+
     /// One byte of a well-formed batch's records changed (CRC fixed up):
-    /// the fast walk accepts exactly what the full decoder accepts.
+    /// the fast walk accepts exactly what the full parser accepts.
     fn skip_agrees_after_change(e: Events, at: usize, byte: u8) -> bool {
-        with_byte_changed(&e, at, byte).is_none_or(|b| skip_walk_ok(&b) == b.records().is_ok())
+        with_byte_changed(&e, at, byte)
+            .is_none_or(|b| skip_walk_ok(&b) == full_layouts(&b).is_some())
+    }
+
+    /// One byte changed as above: the decoder's fast path finds the same
+    /// records, in the same places, as the full parser, or refuses the
+    /// same batches.
+    fn scan_agrees_after_change(e: Events, at: usize, byte: u8) -> bool {
+        with_byte_changed(&e, at, byte)
+            .is_none_or(|b| layouts_by(&b, scan_layout) == full_layouts(&b))
+    }
+
+    #[test]
+    fn quickcheck_fast_decoding_agrees_with_the_full_parser() {
+        crate::test_seed::quickcheck(
+            QuickCheck::new().tests(3000),
+            scan_agrees_after_change as fn(Events, usize, u8) -> bool,
+        );
     }
 
     /// One byte changed as above: records handed out one at a time are the

@@ -16,7 +16,7 @@ pub fn write(disk: &dyn Disk, dir: &Path, name: &str, body: &[u8]) -> Result<()>
     write_tmp(disk, dir, name, body)?;
     rename_tmp(disk, dir, name)?;
     disk.sync_dir(dir)
-        .map_err(io_err(format!("fsync directory {}", dir.display())))
+        .map_err(io_err(|| format!("fsync directory {}", dir.display())))
 }
 
 /// The first half of [`write`]: `dir/name.tmp` holds `body` and its
@@ -30,14 +30,14 @@ pub fn write_tmp(disk: &dyn Disk, dir: &Path, name: &str, body: &[u8]) -> Result
     let tmp = tmp_path(dir, name);
     let mut file = disk
         .open(&tmp, OpenMode::CreateTruncate)
-        .map_err(io_err(format!("create {}", tmp.display())))?;
+        .map_err(io_err(|| format!("create {}", tmp.display())))?;
     let mut buf = Vec::with_capacity(body.len() + 4);
     buf.extend_from_slice(body);
     buf.extend_from_slice(&crc32c::crc32c(body).to_be_bytes());
     file.append(&buf)
-        .map_err(io_err(format!("write {}", tmp.display())))?;
+        .map_err(io_err(|| format!("write {}", tmp.display())))?;
     file.sync()
-        .map_err(io_err(format!("fsync {}", tmp.display())))
+        .map_err(io_err(|| format!("fsync {}", tmp.display())))
 }
 
 /// The second half of [`write`], but for the directory sync: the file
@@ -45,7 +45,7 @@ pub fn write_tmp(disk: &dyn Disk, dir: &Path, name: &str, body: &[u8]) -> Result
 pub fn rename_tmp(disk: &dyn Disk, dir: &Path, name: &str) -> Result<()> {
     let tmp = tmp_path(dir, name);
     disk.rename(&tmp, &dir.join(name))
-        .map_err(io_err(format!("rename {} to {name}", tmp.display())))
+        .map_err(io_err(|| format!("rename {} to {name}", tmp.display())))
 }
 
 /// Where [`write_tmp`] writes `name`.
@@ -61,16 +61,16 @@ pub fn read(disk: &dyn Disk, dir: &Path, name: &str) -> Result<Option<Vec<u8>>> 
     }
     let file = disk
         .open(&path, OpenMode::Existing)
-        .map_err(io_err(format!("open {}", path.display())))?;
+        .map_err(io_err(|| format!("open {}", path.display())))?;
     let len = file
         .len()
-        .map_err(io_err(format!("stat {}", path.display())))?;
+        .map_err(io_err(|| format!("stat {}", path.display())))?;
     if !(4..=FILE_BYTES_MAX).contains(&len) {
         return Err(corrupt(&path, format!("size {len} bytes is impossible")));
     }
     let mut buf = vec![0u8; len as usize];
     read_exact_at(file.as_ref(), &mut buf, 0)
-        .map_err(io_err(format!("read {}", path.display())))?;
+        .map_err(io_err(|| format!("read {}", path.display())))?;
     let (body, trailer) = buf.split_at(buf.len() - 4);
     let stored = u32::from_be_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
     if stored != crc32c::crc32c(body) {

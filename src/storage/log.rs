@@ -148,7 +148,7 @@ impl PendingSync {
             if !crate::bugs::on(crate::bugs::SKIP_SEAL_SYNC) {
                 seal.handle
                     .sync()
-                    .map_err(io_err(format!("fsync {}", seal.path.display())))?;
+                    .map_err(io_err(|| format!("fsync {}", seal.path.display())))?;
             }
             let name = segment::index_name(seal.sealing.base_offset);
             atomic::write_tmp(self.disk.as_ref(), &self.dir, &name, &seal.summary)?;
@@ -156,7 +156,7 @@ impl PendingSync {
         if let Some((handle, path)) = &self.data {
             handle
                 .sync()
-                .map_err(io_err(format!("fsync {}", path.display())))?;
+                .map_err(io_err(|| format!("fsync {}", path.display())))?;
         }
         if self.dir_rolls.is_some() {
             sync_dir(self.disk.as_ref(), &self.dir)?;
@@ -278,7 +278,7 @@ impl PartitionLog {
         let index = self.dir.join(segment::index_name(seg.base_offset));
         if disk.exists(&index) {
             disk.remove_file(&index)
-                .map_err(io_err(format!("remove {}", index.display())))?;
+                .map_err(io_err(|| format!("remove {}", index.display())))?;
         }
         sync_dir(disk, &self.dir)
     }
@@ -590,7 +590,7 @@ impl PartitionLog {
                 if self.disk.exists(&tmp) {
                     let removed = self.disk.remove_file(&tmp);
                     removed
-                        .map_err(io_err(format!("remove {}", tmp.display())))
+                        .map_err(io_err(|| format!("remove {}", tmp.display())))
                         .map_err(|e| self.poison(e))?;
                 }
             }
@@ -654,7 +654,7 @@ impl PartitionLog {
         let index_path = self.dir.join(segment::index_name(seg.base_offset));
         if disk.exists(&index_path) {
             disk.remove_file(&index_path)
-                .map_err(io_err(format!("remove {}", index_path.display())))?;
+                .map_err(io_err(|| format!("remove {}", index_path.display())))?;
         }
         sync_dir(disk.as_ref(), &self.dir)?;
         let max = self.config.max_batch_bytes;
@@ -1069,7 +1069,7 @@ fn ensure_dir(disk: &DiskRef, dir: &Path) -> Result<()> {
         return Ok(());
     }
     disk.create_dir_all(dir)
-        .map_err(io_err(format!("create {}", dir.display())))?;
+        .map_err(io_err(|| format!("create {}", dir.display())))?;
     if let Some(parent) = dir.parent() {
         sync_dir(disk.as_ref(), parent)?;
     }
@@ -1078,20 +1078,20 @@ fn ensure_dir(disk: &DiskRef, dir: &Path) -> Result<()> {
 
 fn sync_dir(disk: &dyn crate::io::Disk, dir: &Path) -> Result<()> {
     disk.sync_dir(dir)
-        .map_err(io_err(format!("fsync directory {}", dir.display())))
+        .map_err(io_err(|| format!("fsync directory {}", dir.display())))
 }
 
 fn remove_segment_files(disk: &dyn crate::io::Disk, dir: &Path, base: i64) -> Result<()> {
     let log = dir.join(segment::log_name(base));
     disk.remove_file(&log)
-        .map_err(io_err(format!("remove {}", log.display())))?;
+        .map_err(io_err(|| format!("remove {}", log.display())))?;
     let name = segment::index_name(base);
     // The temp copy is left only by a sealing sync a crash or a truncation
     // interrupted.
     for index in [dir.join(&name), atomic::tmp_path(dir, &name)] {
         if disk.exists(&index) {
             disk.remove_file(&index)
-                .map_err(io_err(format!("remove {}", index.display())))?;
+                .map_err(io_err(|| format!("remove {}", index.display())))?;
         }
     }
     Ok(())
@@ -1103,7 +1103,7 @@ fn remove_segment_files(disk: &dyn crate::io::Disk, dir: &Path, base: i64) -> Re
 fn list_segments(disk: &DiskRef, dir: &Path, start: LogStart) -> Result<Vec<i64>> {
     let names = disk
         .list_dir(dir)
-        .map_err(io_err(format!("list {}", dir.display())))?;
+        .map_err(io_err(|| format!("list {}", dir.display())))?;
     let mut logs: Vec<i64> = names
         .iter()
         .filter_map(|n| segment::parse_name(n))
@@ -1133,7 +1133,7 @@ fn list_segments(disk: &DiskRef, dir: &Path, start: LogStart) -> Result<Vec<i64>
     {
         let path = dir.join(segment::index_name(b));
         disk.remove_file(&path)
-            .map_err(io_err(format!("remove {}", path.display())))?;
+            .map_err(io_err(|| format!("remove {}", path.display())))?;
         removed = true;
     }
     if removed {

@@ -242,7 +242,7 @@ impl Segment {
         let path = dir.join(log_name(base_offset));
         let file = disk
             .open(&path, OpenMode::CreateNew)
-            .map_err(io_err(format!("create segment {}", path.display())))?;
+            .map_err(io_err(|| format!("create segment {}", path.display())))?;
         Ok(Segment {
             path,
             file,
@@ -273,7 +273,7 @@ impl Segment {
         let file_len = seg
             .file
             .len()
-            .map_err(io_err(format!("stat {}", seg.path.display())))?;
+            .map_err(io_err(|| format!("stat {}", seg.path.display())))?;
         if let Some(summary) = read_summary(disk, dir, base_offset) {
             if summary.size_bytes == file_len && summary.base_index == base_index {
                 seg.adopt(summary, terms);
@@ -298,7 +298,7 @@ impl Segment {
         let file_len = seg
             .file
             .len()
-            .map_err(io_err(format!("stat {}", seg.path.display())))?;
+            .map_err(io_err(|| format!("stat {}", seg.path.display())))?;
         let torn = seg.recover(file_len, max_batch_bytes, terms)?;
         Ok((seg, torn))
     }
@@ -316,7 +316,7 @@ impl Segment {
             return Ok(None);
         };
         let torn = damage_is_torn_write(self.file.as_ref(), position, file_len, max_batch_bytes)
-            .map_err(io_err(format!("read {}", self.path.display())))?;
+            .map_err(io_err(|| format!("read {}", self.path.display())))?;
         if !torn {
             return Err(self.corrupt(position, reason));
         }
@@ -325,10 +325,9 @@ impl Segment {
         self.file
             .truncate(position)
             .and_then(|()| self.file.sync())
-            .map_err(io_err(format!(
-                "truncate torn tail of {}",
-                self.path.display()
-            )))?;
+            .map_err(io_err(|| {
+                format!("truncate torn tail of {}", self.path.display())
+            }))?;
         terms.truncate(terms_before);
         self.rebuild(position, max_batch_bytes, terms)
             .map_err(|(p, r)| self.corrupt(p, r))?;
@@ -339,7 +338,7 @@ impl Segment {
         let path = dir.join(log_name(base_offset));
         let file = disk
             .open(&path, OpenMode::Existing)
-            .map_err(io_err(format!("open segment {}", path.display())))?;
+            .map_err(io_err(|| format!("open segment {}", path.display())))?;
         Ok(Segment {
             path,
             file,
@@ -563,7 +562,7 @@ impl Segment {
     fn read_bytes(&self, position: u64, len: usize) -> Result<Bytes> {
         let mut buf = BytesMut::zeroed(len);
         read_exact_at(self.file.as_ref(), &mut buf, position)
-            .map_err(io_err(format!("read {}", self.path.display())))?;
+            .map_err(io_err(|| format!("read {}", self.path.display())))?;
         Ok(buf.freeze())
     }
 
@@ -577,7 +576,7 @@ impl Segment {
         self.file
             .truncate(at.position)
             .and_then(|()| self.file.sync())
-            .map_err(io_err(format!("truncate {}", self.path.display())))?;
+            .map_err(io_err(|| format!("truncate {}", self.path.display())))?;
         // Rare (a Raft conflict): rescan for an exact summary.
         let mut scratch = Vec::new();
         self.rebuild(at.position, max_batch_bytes, &mut scratch)

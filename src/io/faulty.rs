@@ -458,6 +458,14 @@ struct FaultyFile {
 }
 
 impl FaultyFile {
+    /// The append fault to inject now, if any (drawn in this order, one
+    /// draw each, as every append does).
+    fn append_fault(&self) -> Option<FaultKind> {
+        [FaultKind::AppendEnospc, FaultKind::AppendEio]
+            .into_iter()
+            .find(|kind| self.injector.fires(*kind))
+    }
+
     /// Appends a random prefix of `data` (possibly empty), then fails.
     fn fail_append(&mut self, kind: FaultKind, data: &[u8]) -> io::Result<()> {
         let prefix_len = if data.is_empty() {
@@ -504,23 +512,19 @@ impl DiskFile for FaultyFile {
     }
 
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        for kind in [FaultKind::AppendEnospc, FaultKind::AppendEio] {
-            if self.injector.fires(kind) {
-                return self.fail_append(kind, data);
-            }
+        match self.append_fault() {
+            Some(kind) => self.fail_append(kind, data),
+            None => self.inner.append(data),
         }
-        self.inner.append(data)
     }
 
     /// One append as far as faults go (the real file writes the parts in
     /// one call), so a batch draws its faults once, as before it was split.
     fn append_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
-        for kind in [FaultKind::AppendEnospc, FaultKind::AppendEio] {
-            if self.injector.fires(kind) {
-                return self.fail_append(kind, &parts.concat());
-            }
+        match self.append_fault() {
+            Some(kind) => self.fail_append(kind, &parts.concat()),
+            None => self.inner.append_parts(parts),
         }
-        self.inner.append_parts(parts)
     }
 
     fn sync(&self) -> io::Result<()> {

@@ -157,8 +157,9 @@ pub(crate) fn note(w: &Shared, event: String) {
 pub fn plan(o: &Options) -> String {
     let faults = Nemesis::new(o.seed, o.brokers, &o.faults).plan;
     format!(
-        "{faults} group_commit={}ms bursts={}%",
+        "{faults} group_commit={}ms hold={}ms bursts={}%",
         simulated_sync_ms(o.seed),
+        group_commit_hold_ms(o.seed),
         burst_percent(o.seed)
     )
 }
@@ -382,6 +383,15 @@ fn simulated_sync_ms(seed: u64) -> u64 {
     seed % 4
 }
 
+/// How long a group commit may be held after the one before it started
+/// (`DriverConfig::group_commit_gap_us`), by seed: 0 (off), 2 or 5 ms.
+/// The simulated load is far below the default busy rate, so when on the
+/// broker counts as busy whenever it appended anything: the hold, and the
+/// wake that ends it, run in two seeds of three.
+fn group_commit_hold_ms(seed: u64) -> u64 {
+    [0, 2, 5][(seed / 4 % 3) as usize]
+}
+
 fn broker_config(id: u64, n: u64, seed: u64) -> BrokerConfig {
     let peers: BTreeMap<u64, String> = (1..=n)
         .map(|i| (i, format!("{}:7401", broker_host(i))))
@@ -397,6 +407,8 @@ fn broker_config(id: u64, n: u64, seed: u64) -> BrokerConfig {
     // Election jitter differs per broker and per seed.
     c.driver.seed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ id;
     c.driver.simulated_sync_ms = simulated_sync_ms(seed);
+    c.driver.group_commit_gap_us = group_commit_hold_ms(seed) * 1_000;
+    c.driver.group_commit_busy_bytes_per_sec = 1;
     c
 }
 

@@ -70,6 +70,8 @@ const KEYS: &[&str] = &[
     "max_in_flight_per_connection",
     "fsync",
     "quiesce_idle_groups",
+    "group_commit_gap_us",
+    "group_commit_busy_bytes_per_sec",
 ];
 
 fn boolean(key: &str, v: &str) -> Result<bool, String> {
@@ -187,6 +189,13 @@ fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
     if let Some(v) = s.get("fsync") {
         broker.driver.fsync = v.parse()?;
     }
+    if let Some(v) = s.get("group_commit_gap_us") {
+        broker.driver.group_commit_gap_us = number("group_commit_gap_us", v)?;
+    }
+    if let Some(v) = s.get("group_commit_busy_bytes_per_sec") {
+        broker.driver.group_commit_busy_bytes_per_sec =
+            number("group_commit_busy_bytes_per_sec", v)?;
+    }
     if let Some(v) = s.get("retention_check_ms") {
         broker.retention_check_ms = number("retention_check_ms", v)?;
     }
@@ -286,6 +295,16 @@ mod tests {
         assert_eq!(resolve(&a).unwrap().broker.driver.fsync, FsyncPolicy::Never);
         a.fsync = Some("sometimes".into());
         assert!(resolve(&a).unwrap_err().contains("interval:<ms>"));
+    }
+
+    #[test]
+    fn group_commit_settings_parse() {
+        let text = "group_commit_gap_us = 0\ngroup_commit_busy_bytes_per_sec = 1000\n";
+        let r = build(&parse_config_file(text).unwrap()).unwrap();
+        assert_eq!(r.broker.driver.group_commit_gap_us, 0);
+        assert_eq!(r.broker.driver.group_commit_busy_bytes_per_sec, 1000);
+        let bad = parse_config_file("group_commit_gap_us = soon\n").unwrap();
+        assert!(build(&bad).unwrap_err().contains("group_commit_gap_us"));
     }
 
     #[test]

@@ -455,3 +455,35 @@ async fn with_fsync_never_a_roll_is_sealed_in_the_background() {
     f.gate.set(false, false);
     wait_for("the sealed segment's index file", || index.exists()).await;
 }
+
+#[test]
+fn a_group_commit_waits_for_more_only_while_the_broker_is_busy() {
+    let start = tokio::time::Instant::now();
+    let gap = Duration::from_micros(4_000);
+    let busy = 32 * 1024 * 1024; // bytes per second
+    let at = |us: u64| start + Duration::from_micros(us);
+    // 1 ms after the last start, 64 KiB appended: 64 MiB/s, busy: held
+    // until 4 ms after the last start.
+    assert_eq!(
+        hold_group_commit(Some(start), at(1_000), 64 * 1024, gap, busy),
+        Some(at(4_000))
+    );
+    // 16 KiB in that millisecond (16 MiB/s): not busy, starts now.
+    assert_eq!(
+        hold_group_commit(Some(start), at(1_000), 16 * 1024, gap, busy),
+        None
+    );
+    // Busy, but the gap has passed.
+    assert_eq!(
+        hold_group_commit(Some(start), at(4_000), 1 << 30, gap, busy),
+        None
+    );
+    // Nothing appended (a vote or a commit index to save): never held.
+    assert_eq!(hold_group_commit(Some(start), start, 0, gap, busy), None);
+    // No commit before, or holding turned off.
+    assert_eq!(hold_group_commit(None, at(1), 1 << 30, gap, busy), None);
+    assert_eq!(
+        hold_group_commit(Some(start), at(1), 1 << 30, Duration::ZERO, busy),
+        None
+    );
+}

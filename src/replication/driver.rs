@@ -137,12 +137,16 @@ pub struct DriverConfig {
     pub simulated_sync_ms: u64,
     /// With fsync always, while the broker appends faster than
     /// `group_commit_busy_bytes_per_sec`, a group commit starts no sooner
-    /// than this after the one before it started (0: never held). Each
-    /// fdatasync costs this kind of machine ~100 µs of CPU whatever it
-    /// carries (a data write, an inode write and a cache flush, each a
-    /// VM exit), so under heavy load fewer, larger commits leave CPU for
-    /// the records themselves; under light load nothing waits. The same
-    /// trade as Kafka's producer `linger.ms` (5 ms by default since 4.0).
+    /// than this after the one before it started (0, the default: never
+    /// held). Each fdatasync costs this kind of machine ~100 µs of CPU
+    /// whatever it carries (a data write, an inode write and a cache
+    /// flush, each a VM exit), so at a steady high rate fewer, larger
+    /// commits leave CPU for the records themselves (the trade of Kafka's
+    /// producer `linger.ms`). Off by default because the gap leaves the
+    /// disk idle: a producer limited by its unacknowledged window, or a
+    /// disk near its bandwidth, loses throughput (one broker, 3M records
+    /// as fast as possible: 3.2-3.8M records/s without, 2.7-2.9M with
+    /// 4 ms; docs/performance.md).
     pub group_commit_gap_us: u64,
     /// The append rate, in bytes per second of entries, above which the
     /// broker counts as busy for `group_commit_gap_us`.
@@ -165,7 +169,7 @@ impl DriverConfig {
             inputs_per_round_max: 1024,
             seed,
             simulated_sync_ms: 0,
-            group_commit_gap_us: 4_000,
+            group_commit_gap_us: 0,
             group_commit_busy_bytes_per_sec: 32 * 1024 * 1024,
         }
     }

@@ -390,3 +390,89 @@ fn a_damaged_term_is_never_replicated() {
         "{err}"
     );
 }
+
+/// A log config whose segments hold a few KiB-sized batches.
+fn roomy() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        max_batch_bytes: 16 * 1024,
+        ..config()
+    }
+}
+
+fn append_value(log: &mut PartitionLog, index: u64, value: Vec<u8>) {
+    let mut b = BatchBuilder::new();
+    b.push(&Event {
+        value: Some(Bytes::from(value)),
+        ..Event::default()
+    });
+    log.append(b.build(), 1, index, 0).unwrap();
+}
+
+/// Page-cache writeback and the disk's cache both reorder: a crash can
+/// lose a sector of unsynced data while later unsynced data lands. The lost
+/// sector reads back as zeros with a valid batch after it; that is a torn
+/// write, cut off with everything after it, not corruption.
+#[test]
+fn a_lost_sector_before_landed_data_is_a_torn_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let mut log = PartitionLog::open(disk(), &dir, roomy(), 0).unwrap();
+    append_unsynced(&mut log, 1, 3);
+    log.sync().unwrap();
+    let (next_offset, last_index) = (log.next_offset(), log.last_index());
+    let active = segments(&dir).pop().unwrap();
+    let synced_len = std::fs::metadata(&active).unwrap().len();
+    append_value(&mut log, 4, vec![7u8; 3000]);
+    append_value(&mut log, 5, vec![9u8; 100]);
+    drop(log);
+    let len = std::fs::metadata(&active).unwrap().len();
+    // The second sector boundary inside the 3 KiB batch: its sevens go on
+    // after the lost sector, so the damage does not end in zeros.
+    let lost = synced_len.next_multiple_of(512) + 512;
+    assert!(lost + 512 + 64 < synced_len + 3000);
+    let f = OpenOptions::new().write(true).open(&active).unwrap();
+    f.write_all_at(&[0u8; 512], lost).unwrap();
+    drop(f);
+
+    let log = PartitionLog::open(disk(), &dir, roomy(), 0).unwrap();
+    assert_eq!(log.torn_bytes_recovered(), len - synced_len);
+    assert_eq!(log.next_offset(), next_offset);
+    assert_eq!(log.last_index(), last_index);
+}
+
+/// A flipped bit in a synced batch whose value ends in zeros (padding, a
+/// common shape) is corruption: taking it for a torn write would cut off
+/// that batch and every acknowledged one after it.
+#[test]
+fn a_flipped_byte_in_a_batch_ending_in_zeros_is_corruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let mut log = PartitionLog::open(disk(), &dir, roomy(), 0).unwrap();
+    append_unsynced(&mut log, 1, 3);
+    log.sync().unwrap();
+    let active = segments(&dir).pop().unwrap();
+    let synced_len = std::fs::metadata(&active).unwrap().len();
+    let mut value = vec![0x5au8; 8];
+    value.extend_from_slice(&[0u8; 300]);
+    append_value(&mut log, 4, value);
+    append_value(&mut log, 5, vec![9u8; 100]);
+    log.sync().unwrap();
+    drop(log);
+    let bytes = std::fs::read(&active).unwrap();
+    let at = synced_len as usize
+        + bytes[synced_len as usize..]
+            .windows(8)
+            .position(|w| w == [0x5a; 8])
+            .unwrap();
+    flip_byte(&active, at as u64 + 3);
+
+    let err = PartitionLog::open(disk(), &dir, roomy(), 0).unwrap_err();
+    match &err {
+        StorageError::Corrupt { path, position, .. } => {
+            assert_eq!(path, &active);
+            assert_eq!(*position, synced_len);
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+}

@@ -126,17 +126,32 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// The unit a disk writes whole or not at all, and the alignment of what a
+/// crash can lose.
+const SECTOR_BYTES: u64 = 512;
+/// A batch header's base offset: 8 bytes that are zero only in the very
+/// first batch of a log, which starts a segment (a sector boundary).
+const BASE_OFFSET_BYTES: u64 = 8;
+
 /// Whether damage at `position` is a torn write rather than corruption of
 /// data that may have been synced.
 ///
-/// Appends are written in order, and an fsync makes everything written
-/// before it durable. So a torn write can only be followed by other unsynced
-/// writes, and the bytes a crash failed to write read back as zeros (the
-/// file was extended but the blocks never landed). The damage is taken as
-/// torn if no valid batch follows it, or if the damaged stretch up to the next
-/// valid batch ends in zeros; otherwise (non-zero garbage followed by good
-/// data, as a flipped bit leaves) it is corruption and must not be truncated
-/// away, since the data after it may have been acknowledged.
+/// An fsync makes everything written before it durable, so a torn write can
+/// only be followed by other unsynced writes. A crash before writeback
+/// finished can lose any of the unsynced sectors, in any order (page-cache
+/// writeback and the disk's cache both reorder), while later ones land; a
+/// lost sector keeps what it held before: zeros, after whatever part of it
+/// an earlier write had made durable. So the damage is a torn write if no
+/// valid batch follows it, or if, up to the next valid batch, some sector
+/// ends in zeros that start where the damage starts (the damaged batch's
+/// header never landed; at least its base offset, which no later batch has
+/// as zeros) or cover the whole sector. Otherwise (damage with no lost
+/// sector, as a flipped bit leaves) it is corruption and must not be cut
+/// off: the data after it may have been acknowledged.
+///
+/// A flipped bit in a batch whose data held 1 KiB or more of zeros in a row
+/// (so a whole aligned sector) is still taken for a torn write; one in a
+/// batch that merely ends in zeros (padded values) is not.
 pub fn damage_is_torn_write(
     file: &dyn DiskFile,
     position: u64,
@@ -151,10 +166,27 @@ pub fn damage_is_torn_write(
     else {
         return Ok(true);
     };
-    let damaged = &rest[..next_valid];
-    const ZERO_TAIL_BYTES: usize = 64;
-    let zero_tail = damaged.iter().rev().take_while(|&&b| b == 0).count();
-    Ok(zero_tail >= ZERO_TAIL_BYTES.min(damaged.len()))
+    Ok(holds_lost_sector(&rest[..next_valid], position))
+}
+
+/// Whether `damaged`, which starts at file offset `start`, shows a lost
+/// sector: a sector-aligned sector whose part inside `damaged` is all zeros
+/// and either is the whole sector or starts at `start` and covers at least
+/// a base offset.
+fn holds_lost_sector(damaged: &[u8], start: u64) -> bool {
+    let end = start + damaged.len() as u64;
+    let mut sector_end = (start / SECTOR_BYTES + 1) * SECTOR_BYTES;
+    while sector_end <= end {
+        let from = (sector_end - SECTOR_BYTES).max(start);
+        let part = &damaged[(from - start) as usize..(sector_end - start) as usize];
+        // A whole sector, or the first one's part from `start`: which must
+        // hold a whole base offset to rule out a header's leading zeros.
+        if part.len() as u64 >= BASE_OFFSET_BYTES && part.iter().all(|&b| b == 0) {
+            return true;
+        }
+        sector_end += SECTOR_BYTES;
+    }
+    false
 }
 
 fn valid_batch_at(buf: &[u8], max_batch_bytes: usize) -> bool {
@@ -165,5 +197,48 @@ fn valid_batch_at(buf: &[u8], max_batch_bytes: usize) -> bool {
     match BatchHeader::parse(buf, max_batch_bytes) {
         Ok(h) => h.size_bytes() <= buf.len() && crc32c::crc32c(&buf[21..h.size_bytes()]) == h.crc,
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_sector_is_a_whole_sector_of_zeros_or_the_start_of_the_damage() {
+        let mut bytes = vec![7u8; 4096];
+        // 500 zeros at 1100..1600 cover no whole sector (1024..1536 and
+        // 1536..2048 both hold sevens) and do not start the damage.
+        bytes[1100..1600].fill(0);
+        assert!(!holds_lost_sector(&bytes, 0));
+        // Zeros at the end, as a padded value leaves: the sector they are
+        // in goes on past the damage.
+        bytes[4000..].fill(0);
+        assert!(!holds_lost_sector(&bytes[..4090], 0));
+        // The sector at 2048..2560 lost.
+        bytes[2048..2560].fill(0);
+        assert!(holds_lost_sector(&bytes, 0));
+        // Alignment is by file offset: the same bytes read from offset 100
+        // put those zeros at 2148..2660, which covers no whole sector; read
+        // from offset 512, at 2560..3072, which is one.
+        assert!(!holds_lost_sector(&bytes, 100));
+        assert!(holds_lost_sector(&bytes, 512));
+    }
+
+    #[test]
+    fn zeros_from_the_start_of_the_damage_to_a_sector_end_count_from_eight() {
+        // Damage at file offset 1000: its sector ends at 1024.
+        let mut bytes = vec![7u8; 100];
+        bytes[..24].fill(0);
+        assert!(holds_lost_sector(&bytes, 1000));
+        // At 1017 only 7 bytes reach the sector end: a base offset's leading
+        // zeros could be that, so it is not taken as lost.
+        assert!(!holds_lost_sector(&bytes[17..], 1017));
+        bytes[..24].fill(7);
+        bytes[..8].fill(0);
+        assert!(holds_lost_sector(&bytes[..], 1016));
+        // Zeros from the start that stop short of the sector end.
+        bytes[..20].fill(0);
+        assert!(!holds_lost_sector(&bytes, 1000));
     }
 }

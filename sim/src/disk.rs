@@ -55,6 +55,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use turmoil::fs::shim::std::fs as simfs;
 use weir::io::{Disk, DiskFile, FileSync, OpenMode, SyncHandle};
 
+/// The unit the simulated disk writes whole or not at all.
+const SECTOR_BYTES: u64 = 512;
+
 /// The current turmoil host's simulated filesystem.
 #[derive(Debug, Default, Clone)]
 pub struct SimDisk {
@@ -263,23 +266,40 @@ impl DiskFile for SimFile {
             .map_err(|e| with_path(e, "read", &self.path))
     }
 
+    /// Written as a disk writes it: whole 512-byte sectors, aligned in the
+    /// file, each one write of its own, the first one rewritten from its
+    /// start with the bytes already in it (as writeback writes whole
+    /// pages). turmoil keeps or loses each pending write on its own in a
+    /// crash (a random prefix of its 512-byte blocks, counted from the
+    /// write's start), so one unaligned write per append would let it lose
+    /// an earlier batch's bytes in the middle of a sector whose later bytes
+    /// landed, which no disk does. Sector by sector, a crash loses any set
+    /// of whole sectors of unsynced data, each keeping what it held before.
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        // turmoil checks capacity before writing, so a failed append (ENOSPC)
-        // has written nothing and the cached length stays right.
-        self.file
-            .write_all_at(data, self.len)
-            .map_err(|e| with_path(e, "append to", &self.path))?;
-        self.len += data.len() as u64;
-        if !data.is_empty() {
-            self.mark_dirty();
+        if data.is_empty() {
+            return Ok(());
         }
+        let start = self.len - self.len % SECTOR_BYTES;
+        let mut sectors = vec![0u8; (self.len - start) as usize];
+        weir::io::read_exact_at(self, &mut sectors, start)?;
+        sectors.extend_from_slice(data);
+        for (i, sector) in sectors.chunks(SECTOR_BYTES as usize).enumerate() {
+            let at = start + i as u64 * SECTOR_BYTES;
+            if let Err(e) = self.file.write_all_at(sector, at) {
+                // turmoil checks capacity before each write: undo the
+                // sectors that went in (best effort; storage must not
+                // assume a failed append left nothing anyway).
+                let _ = self.file.set_len(self.len);
+                return Err(with_path(e, "append to", &self.path));
+            }
+        }
+        self.len += data.len() as u64;
+        self.mark_dirty();
         Ok(())
     }
 
-    /// One write of the concatenation, as the real file makes one
-    /// `pwritev` of the parts: turmoil tears a pending write by keeping a
-    /// prefix of its blocks, so separate writes would let a batch's header
-    /// be lost while its body lands, which one call cannot do in this model.
+    /// One append of the concatenation, as the real file makes one
+    /// `pwritev` of the parts.
     fn append_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
         self.append(&parts.concat())
     }

@@ -1,9 +1,12 @@
 //! Crash consistency of the partition log on turmoil's simulated disk.
 //!
 //! A host appends batches and syncs now and then, recording what each sync
-//! acknowledged; the simulation crashes it at a point the seed picks (with
-//! torn block writes and random background flushes), restarts it, and the
-//! restarted host reopens the log and reports what it holds. Then:
+//! acknowledged; the simulation crashes it at a point the seed picks,
+//! restarts it, and the restarted host reopens the log and reports what it
+//! holds. The simulated disk writes whole 512-byte sectors, and the crash
+//! keeps or loses each unsynced one on its own (turmoil 0.7.2's torn
+//! writes; its `sync_probability` is accepted but not acted on), so a lost
+//! sector can sit before unsynced data that landed. Then:
 //! - every acknowledged batch is present and intact,
 //! - everything present is exactly what was written at that index (the log
 //!   is a prefix of the writes: nothing after a torn point is served),
@@ -169,7 +172,7 @@ fn check(o: &Observed) -> Result<(), String> {
 #[test]
 fn acknowledged_batches_survive_crashes() {
     let (mut torn, mut lost_unacked) = (0, 0);
-    for seed in 0..60u64 {
+    for seed in 0..200u64 {
         let o = crash_once(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         torn += (o.torn_bytes > 0) as u32;
         lost_unacked +=

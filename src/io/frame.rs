@@ -25,6 +25,13 @@ const HEADER_BYTES: usize = 4;
 /// peer can make us reserve ahead of the bytes it actually sends.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// The room a read always has at least. Frames are split off the buffer
+/// and handed out, so what is left of its allocation shrinks with every
+/// frame; reading into only what the next header needs (4 bytes) made
+/// half the reads of a busy peer link return a header or a few bytes, and
+/// a second read follow for the body.
+const READ_ROOM_MIN_BYTES: usize = 16 * 1024;
+
 /// The default bound on the bytes a [`FrameWriter`] gathers before writing
 /// them out: enough to batch many requests into one syscall, small enough
 /// not to delay the first of them noticeably.
@@ -196,7 +203,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             Some(len) => HEADER_BYTES.saturating_add(len) - self.buf.len(),
             None => HEADER_BYTES - self.buf.len(),
         };
-        self.buf.reserve(wanted.clamp(1, READ_CHUNK_BYTES));
+        self.buf
+            .reserve(wanted.clamp(READ_ROOM_MIN_BYTES, READ_CHUNK_BYTES));
         Ok(self.inner.read_buf(&mut self.buf).await?)
     }
 
@@ -441,6 +449,58 @@ mod tests {
             other => panic!("expected TooLarge, got {other:?}"),
         }
         assert!(reader.buf.capacity() <= READ_CHUNK_BYTES);
+    }
+
+    /// Records the room each read is given.
+    struct RoomRecorder<R> {
+        inner: R,
+        rooms: Vec<usize>,
+    }
+
+    impl<R: AsyncRead + Unpin> AsyncRead for RoomRecorder<R> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let room = buf.remaining();
+            self.rooms.push(room);
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    #[tokio::test]
+    async fn every_read_has_room_for_many_frames() {
+        let (mut w, r) = duplex(1 << 20);
+        for i in 0..200u32 {
+            let body = vec![i as u8; 1000 + i as usize];
+            w.write_all(&(body.len() as u32).to_be_bytes())
+                .await
+                .unwrap();
+            w.write_all(&body).await.unwrap();
+        }
+        drop(w);
+        let mut reader = FrameReader::new(RoomRecorder {
+            inner: r,
+            rooms: Vec::new(),
+        });
+        let mut frames = 0u32;
+        while let Some(f) = reader.read_frame().await.unwrap() {
+            assert_eq!(f.len(), 1000 + frames as usize);
+            frames += 1;
+        }
+        assert_eq!(frames, 200);
+        let rooms = &reader.get_mut().rooms;
+        assert!(
+            rooms.iter().all(|&r| r >= READ_ROOM_MIN_BYTES),
+            "reads given less room than {READ_ROOM_MIN_BYTES}: {:?}",
+            rooms
+                .iter()
+                .filter(|&&r| r < READ_ROOM_MIN_BYTES)
+                .collect::<Vec<_>>()
+        );
+        // So one read picks up many frames: ~240 KB in far fewer reads.
+        assert!(rooms.len() < 40, "{} reads", rooms.len());
     }
 
     #[tokio::test]

@@ -409,20 +409,27 @@ fn append_value(log: &mut PartitionLog, index: u64, value: Vec<u8>) {
     log.append(b.build(), 1, index, 0).unwrap();
 }
 
+/// A roomy log in a fresh temp dir with three synced entries: the temp
+/// dir, the log's dir, the log, its active segment and that file's length.
+fn three_synced() -> (tempfile::TempDir, PathBuf, PartitionLog, PathBuf, u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let mut log = PartitionLog::open(disk(), &dir, roomy(), 0).unwrap();
+    append_unsynced(&mut log, 1, 3);
+    log.sync().unwrap();
+    let active = segments(&dir).pop().unwrap();
+    let synced_len = std::fs::metadata(&active).unwrap().len();
+    (tmp, dir, log, active, synced_len)
+}
+
 /// Page-cache writeback and the disk's cache both reorder: a crash can
 /// lose a sector of unsynced data while later unsynced data lands. The lost
 /// sector reads back as zeros with a valid batch after it; that is a torn
 /// write, cut off with everything after it, not corruption.
 #[test]
 fn a_lost_sector_before_landed_data_is_a_torn_write() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    let mut log = PartitionLog::open(disk(), &dir, roomy(), 0).unwrap();
-    append_unsynced(&mut log, 1, 3);
-    log.sync().unwrap();
+    let (_tmp, dir, mut log, active, synced_len) = three_synced();
     let (next_offset, last_index) = (log.next_offset(), log.last_index());
-    let active = segments(&dir).pop().unwrap();
-    let synced_len = std::fs::metadata(&active).unwrap().len();
     append_value(&mut log, 4, vec![7u8; 3000]);
     append_value(&mut log, 5, vec![9u8; 100]);
     drop(log);
@@ -446,13 +453,7 @@ fn a_lost_sector_before_landed_data_is_a_torn_write() {
 /// that batch and every acknowledged one after it.
 #[test]
 fn a_flipped_byte_in_a_batch_ending_in_zeros_is_corruption() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("p");
-    let mut log = PartitionLog::open(disk(), &dir, roomy(), 0).unwrap();
-    append_unsynced(&mut log, 1, 3);
-    log.sync().unwrap();
-    let active = segments(&dir).pop().unwrap();
-    let synced_len = std::fs::metadata(&active).unwrap().len();
+    let (_tmp, dir, mut log, active, synced_len) = three_synced();
     let mut value = vec![0x5au8; 8];
     value.extend_from_slice(&[0u8; 300]);
     append_value(&mut log, 4, value);

@@ -51,6 +51,10 @@ pub struct BrokerConfig {
     pub driver: DriverConfig,
     pub limits: ServerLimits,
     pub retention_check_ms: u64,
+    /// Bytes at the end of each partition log whose cached pages are kept
+    /// after a sync; the rest are dropped (0: the OS decides). See
+    /// [`crate::storage::LogConfig::page_cache_keep_bytes`].
+    pub page_cache_keep_bytes: u64,
     pub auto_create_topics: bool,
 }
 
@@ -67,6 +71,7 @@ impl BrokerConfig {
             driver: DriverConfig::new(id, id),
             limits: ServerLimits::default(),
             retention_check_ms: 60_000,
+            page_cache_keep_bytes: 0,
             auto_create_topics: false,
         }
     }
@@ -282,6 +287,7 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
         logger.clone(),
     );
     backend.retention_interval_ms = config.retention_check_ms;
+    backend.page_cache_keep_bytes = config.page_cache_keep_bytes;
     tasks.spawn(backend.run());
 
     let services = Arc::new(Services {

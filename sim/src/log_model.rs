@@ -130,6 +130,7 @@ pub fn small_config() -> LogConfig {
         retention_bytes: -1,
         index_interval_bytes: 256,
         max_batch_bytes: 2048,
+        page_cache_keep_bytes: 0,
     }
 }
 

@@ -72,6 +72,7 @@ const KEYS: &[&str] = &[
     "quiesce_idle_groups",
     "group_commit_gap_us",
     "group_commit_busy_bytes_per_sec",
+    "page_cache_keep_bytes",
 ];
 
 fn boolean(key: &str, v: &str) -> Result<bool, String> {
@@ -196,6 +197,9 @@ fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
         broker.driver.group_commit_busy_bytes_per_sec =
             number("group_commit_busy_bytes_per_sec", v)?;
     }
+    if let Some(v) = s.get("page_cache_keep_bytes") {
+        broker.page_cache_keep_bytes = number("page_cache_keep_bytes", v)?;
+    }
     if let Some(v) = s.get("retention_check_ms") {
         broker.retention_check_ms = number("retention_check_ms", v)?;
     }
@@ -303,6 +307,8 @@ mod tests {
         let r = build(&parse_config_file(text).unwrap()).unwrap();
         assert_eq!(r.broker.driver.group_commit_gap_us, 0);
         assert_eq!(r.broker.driver.group_commit_busy_bytes_per_sec, 1000);
+        let r = build(&parse_config_file("page_cache_keep_bytes = 8388608\n").unwrap()).unwrap();
+        assert_eq!(r.broker.page_cache_keep_bytes, 8 << 20);
         let bad = parse_config_file("group_commit_gap_us = soon\n").unwrap();
         assert!(build(&bad).unwrap_err().contains("group_commit_gap_us"));
     }

@@ -38,6 +38,9 @@ pub struct Backend {
     pub board: StatusBoard,
     pub logger: slog::Logger,
     pub retention_interval_ms: u64,
+    /// The broker setting `page_cache_keep_bytes`, given to every
+    /// partition log (see [`LogConfig::page_cache_keep_bytes`]).
+    pub page_cache_keep_bytes: u64,
     hosted: BTreeMap<u64, Wanted>,
 }
 
@@ -78,6 +81,7 @@ impl Backend {
             board,
             logger,
             retention_interval_ms: 60_000,
+            page_cache_keep_bytes: 0,
             hosted: BTreeMap::new(),
         }
     }
@@ -108,11 +112,12 @@ impl Backend {
             for h in t.partitions_of_broker(self.self_id) {
                 let (topic, partition, group, replicas) =
                     (h.topic, h.partition, h.group, h.replicas);
-                let config = t
+                let mut config: LogConfig = t
                     .topic(&topic)
                     .and_then(|tp| TopicConfig::from_overrides(&tp.configs).ok())
                     .map(|c| c.to_log_config())
                     .unwrap_or_default();
+                config.page_cache_keep_bytes = self.page_cache_keep_bytes;
                 out.insert(
                     group,
                     Wanted {

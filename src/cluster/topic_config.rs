@@ -127,6 +127,8 @@ impl TopicConfig {
             // At most SEGMENT_BYTES_MAX (u32::MAX), so it fits a usize on
             // every platform Weir builds for; saturate rather than panic.
             max_batch_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
+            // A broker setting, not a topic's: the backend sets it.
+            page_cache_keep_bytes: 0,
         }
     }
 

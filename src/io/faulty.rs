@@ -567,6 +567,10 @@ impl FileSync for FaultySync {
         }
         self.inner.sync()
     }
+
+    fn drop_cache(&self, len: u64) -> io::Result<()> {
+        self.inner.drop_cache(len)
+    }
 }
 
 fn injected(kind: FaultKind, path: &Path, prefix_len_bytes: Option<usize>) -> io::Error {

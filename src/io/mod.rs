@@ -114,6 +114,12 @@ pub trait DiskFile: Send + Sync + Debug {
 /// Syncs one open file; see [`DiskFile::sync_handle`].
 pub trait FileSync: Send + Sync + Debug {
     fn sync(&self) -> io::Result<()>;
+    /// Advises that the file's first `len` bytes, already synced, will not
+    /// be read soon, so their cached pages can go. Advice only: doing
+    /// nothing (the default) is always correct.
+    fn drop_cache(&self, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A shared [`FileSync`].

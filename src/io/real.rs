@@ -187,6 +187,19 @@ impl FileSync for RealSync {
     fn sync(&self) -> io::Result<()> {
         self.0.sync_data()
     }
+
+    fn drop_cache(&self, len: u64) -> io::Result<()> {
+        let len = libc::off_t::try_from(len).map_err(io::Error::other)?;
+        // SAFETY: posix_fadvise only reads its integer arguments; the
+        // descriptor is open while `self.0` is.
+        let err =
+            unsafe { libc::posix_fadvise(self.0.as_raw_fd(), 0, len, libc::POSIX_FADV_DONTNEED) };
+        // posix_fadvise returns the error number instead of setting errno.
+        match err {
+            0 => Ok(()),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
 }
 
 fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {

@@ -19,6 +19,14 @@ pub struct LogConfig {
     pub index_interval_bytes: u64,
     /// `max.message.bytes`: the largest batch accepted.
     pub max_batch_bytes: usize,
+    /// The broker setting `page_cache_keep_bytes`: when not 0, after each
+    /// sync the log advises the OS to drop the cached pages of its
+    /// segments but about this many bytes at their end, so that tailing
+    /// consumers still read from memory and catching-up ones from the
+    /// disk, and the log does not fill the machine's memory with pages
+    /// nobody reads (see the README's fsync section). 0 (the default):
+    /// the OS decides, as in Kafka.
+    pub page_cache_keep_bytes: u64,
 }
 
 /// Sparse index entries per segment at most (20 bytes each, kept in memory
@@ -37,6 +45,7 @@ impl Default for LogConfig {
             retention_bytes: -1,
             index_interval_bytes: 4096,
             max_batch_bytes: 1024 * 1024,
+            page_cache_keep_bytes: 0,
         }
     }
 }

@@ -103,6 +103,21 @@ pub struct PartitionLog {
     dir_synced_rolls: u64,
     poisoned: Option<String>,
     torn_bytes_recovered: u64,
+    /// Bytes at the start of the active segment whose cached pages a sync
+    /// was told to drop (see [`LogConfig::page_cache_keep_bytes`]).
+    cache_dropped_to: u64,
+}
+
+/// A sync drops cached pages only once this much more can go: each drop
+/// walks the file's cache from its start.
+const CACHE_DROP_STEP_BYTES: u64 = 4 * 1024 * 1024;
+
+/// How far into a segment of `size` bytes a sync should drop cached pages,
+/// keeping `keep` bytes at its end, when `dropped` bytes already were; None
+/// if off (`keep` 0) or not yet a step further.
+fn cache_drop_to(size: u64, keep: u64, dropped: u64) -> Option<u64> {
+    let to = size.saturating_sub(keep);
+    (keep > 0 && to >= dropped + CACHE_DROP_STEP_BYTES).then_some(to)
 }
 
 /// A sealed segment waiting for its sealing sync.
@@ -122,6 +137,8 @@ struct Sealing {
 pub struct PendingSync {
     /// The active segment's data, when asked for and unsynced.
     data: Option<(crate::io::SyncHandle, PathBuf)>,
+    /// Once the data is synced, drop the cached pages of its first bytes.
+    data_drop_to: Option<u64>,
     appends: u64,
     /// Sync the directory (new segments' entries) as of this roll number.
     dir_rolls: Option<u64>,
@@ -137,6 +154,16 @@ struct PendingSeal {
     handle: crate::io::SyncHandle,
     path: PathBuf,
     summary: Vec<u8>,
+    /// Once synced, drop the cached pages of its first bytes.
+    drop_to: Option<u64>,
+}
+
+/// Advice to the OS after a sync: a failure costs memory, never data, so
+/// it is not an error.
+fn drop_cache(handle: &crate::io::SyncHandle, to: Option<u64>) {
+    if let Some(to) = to {
+        let _ = handle.drop_cache(to);
+    }
 }
 
 impl PendingSync {
@@ -149,6 +176,7 @@ impl PendingSync {
                 seal.handle
                     .sync()
                     .map_err(io_err(|| format!("fsync {}", seal.path.display())))?;
+                drop_cache(&seal.handle, seal.drop_to);
             }
             let name = segment::index_name(seal.sealing.base_offset);
             atomic::write_tmp(self.disk.as_ref(), &self.dir, &name, &seal.summary)?;
@@ -157,6 +185,7 @@ impl PendingSync {
             handle
                 .sync()
                 .map_err(io_err(|| format!("fsync {}", path.display())))?;
+            drop_cache(handle, self.data_drop_to);
         }
         if self.dir_rolls.is_some() {
             sync_dir(self.disk.as_ref(), &self.dir)?;
@@ -197,6 +226,7 @@ impl PartitionLog {
             dir_synced_rolls: 0,
             poisoned: None,
             torn_bytes_recovered: 0,
+            cache_dropped_to: 0,
         };
         log.open_segments(&bases)?;
         log.check_invariants();
@@ -451,6 +481,7 @@ impl PartitionLog {
             sealed.forget_recent();
         }
         self.rolls += 1;
+        self.cache_dropped_to = 0;
         self.sealing.push(Sealing {
             base_offset,
             roll: self.rolls,
@@ -524,12 +555,20 @@ impl PartitionLog {
         } else {
             None
         };
+        let keep = self.config.page_cache_keep_bytes;
+        let data_drop_to = data
+            .as_ref()
+            .and_then(|_| cache_drop_to(self.active().size_bytes, keep, self.cache_dropped_to));
+        if let Some(to) = data_drop_to {
+            self.cache_dropped_to = to;
+        }
         let dir_rolls = (self.dir_synced_rolls < self.rolls).then_some(self.rolls);
         if data.is_none() && seals.is_empty() && dir_rolls.is_none() {
             return Ok(None);
         }
         Ok(Some(PendingSync {
             data,
+            data_drop_to,
             appends: self.appends,
             dir_rolls,
             seals,
@@ -557,6 +596,7 @@ impl PartitionLog {
             handle,
             path: seg.path.clone(),
             summary: seg.summary_bytes(&self.terms),
+            drop_to: cache_drop_to(seg.size_bytes, self.config.page_cache_keep_bytes, 0),
         })
     }
 
@@ -1213,16 +1253,41 @@ mod tests {
         PartitionLog::open(Arc::new(RealDisk), dir, config(), 0).unwrap()
     }
 
-    /// RealDisk, counting the bytes its files are asked to read.
+    /// RealDisk, counting the bytes its files are asked to read and
+    /// noting each cache drop: the file, how far, and its length then.
     #[derive(Debug, Default)]
     struct CountingDisk {
         read_bytes: Arc<std::sync::atomic::AtomicU64>,
+        drops: Arc<std::sync::Mutex<Vec<(PathBuf, u64, u64)>>>,
     }
 
     #[derive(Debug)]
     struct CountingFile {
         inner: Box<dyn crate::io::DiskFile>,
         read_bytes: Arc<std::sync::atomic::AtomicU64>,
+        path: PathBuf,
+        drops: Arc<std::sync::Mutex<Vec<(PathBuf, u64, u64)>>>,
+    }
+
+    #[derive(Debug)]
+    struct CountingSync {
+        inner: crate::io::SyncHandle,
+        path: PathBuf,
+        drops: Arc<std::sync::Mutex<Vec<(PathBuf, u64, u64)>>>,
+    }
+
+    impl crate::io::FileSync for CountingSync {
+        fn sync(&self) -> std::io::Result<()> {
+            self.inner.sync()
+        }
+        fn drop_cache(&self, len: u64) -> std::io::Result<()> {
+            let file_len = std::fs::metadata(&self.path)?.len();
+            self.drops
+                .lock()
+                .unwrap()
+                .push((self.path.clone(), len, file_len));
+            self.inner.drop_cache(len)
+        }
     }
 
     impl crate::io::Disk for CountingDisk {
@@ -1234,6 +1299,8 @@ mod tests {
             Ok(Box::new(CountingFile {
                 inner: RealDisk.open(path, mode)?,
                 read_bytes: self.read_bytes.clone(),
+                path: path.to_path_buf(),
+                drops: self.drops.clone(),
             }))
         }
         fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
@@ -1273,13 +1340,66 @@ mod tests {
             self.inner.sync()
         }
         fn sync_handle(&self) -> std::io::Result<crate::io::SyncHandle> {
-            self.inner.sync_handle()
+            Ok(Arc::new(CountingSync {
+                inner: self.inner.sync_handle()?,
+                path: self.path.clone(),
+                drops: self.drops.clone(),
+            }))
         }
         fn truncate(&mut self, len: u64) -> std::io::Result<()> {
             self.inner.truncate(len)
         }
         fn len(&self) -> std::io::Result<u64> {
             self.inner.len()
+        }
+    }
+
+    /// With `page_cache_keep_bytes`, syncs drop the cached pages of each
+    /// segment but its last bytes, in steps of 4 MiB; a sealed segment's
+    /// at its sealing sync. Without, never.
+    #[test]
+    fn syncs_drop_cached_pages_but_the_end_of_the_log() {
+        const MIB: u64 = 1 << 20;
+        let fill = |keep: u64| {
+            let dir = tempfile::tempdir().unwrap();
+            let disk = Arc::new(CountingDisk::default());
+            let config = LogConfig {
+                segment_bytes: 20 * MIB,
+                max_batch_bytes: 2 * MIB as usize,
+                page_cache_keep_bytes: keep,
+                ..config()
+            };
+            let mut log = PartitionLog::open(disk.clone(), dir.path(), config, 0).unwrap();
+            for i in 1..=30 {
+                let mut b = BatchBuilder::new();
+                b.push(&Event {
+                    value: Some(Bytes::from(vec![i as u8; MIB as usize])),
+                    ..Event::default()
+                });
+                log.append(b.build(), 1, i, 0).unwrap();
+                log.sync().unwrap();
+            }
+            assert!(log.segment_count() >= 2, "the test needs a roll");
+            let drops = disk.drops.lock().unwrap().clone();
+            (drops, log.segments[0].path.clone(), dir)
+        };
+        assert!(fill(0).0.is_empty(), "keep 0: the OS decides");
+        let (drops, first, _dir) = fill(8 * MIB);
+        assert!(drops.len() >= 3, "{drops:?}");
+        for (_, to, len) in &drops {
+            assert!(to + 8 * MIB <= *len, "kept less than asked: {drops:?}");
+        }
+        // The sealed segment's last drop came with its sealing sync, from
+        // its final length; the ones before it, in steps.
+        let sealed_len = std::fs::metadata(&first).unwrap().len();
+        let (sealing, active): (Vec<_>, Vec<_>) = drops
+            .iter()
+            .filter(|d| d.0 == first)
+            .partition(|d| d.2 == sealed_len && d.1 + 8 * MIB == sealed_len);
+        assert_eq!(sealing.len(), 1, "{drops:?}");
+        assert!(active.len() >= 2, "{drops:?}");
+        for pair in active.windows(2) {
+            assert!(pair[1].1 >= pair[0].1 + 4 * MIB, "{drops:?}");
         }
     }
 

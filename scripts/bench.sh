@@ -16,6 +16,9 @@
 # latency is back to what it was at the start (see "disk_rested" below);
 # stopping a cluster removes its data.
 #   (e) 1,000 partitions, RF 3, on the three: CPU idle and under light load
+#   and, labelled "-keep", (b) then (d) right after it again on brokers set
+#   to `page_cache_keep_bytes = 8388608` (see the README's memory section):
+#   not the defaults, shown beside them.
 # plus the machine's limits: sequential write+fsync bandwidth in 64 KiB
 # writes (`weir bench log`) and loopback TCP bandwidth (python3 sockets).
 #
@@ -75,6 +78,7 @@ start_cluster() {
     port=$((BASE + 10 * (i - 1)))
     extra=""
     if [ "$FSYNC_FLAG" = yes ]; then extra="--fsync $fsync"; fi
+    if [ -n "${BROKER_CONFIG:-}" ]; then extra="$extra --config $BROKER_CONFIG"; fi
     # shellcheck disable=SC2086
     "$WEIR_BROKER" broker --id "$i" --data-dir "$TMP/data-$CLUSTERS-$n-$fsync-$i" \
       --listen "127.0.0.1:$port" --peer-listen "127.0.0.1:$((port + 1))" \
@@ -216,6 +220,20 @@ start_cluster 3 always
 run d-3brokers e2e --topic d --partitions 3 --replication-factor 3 --rate "$d_rate" --records $((d_rate * 10)) --record-size 100 --acks all
 stop_cluster
 
+# (b) then (d) right after it, on brokers that keep only the last 8 MiB of
+# each partition log in the page cache.
+# Skipped for a broker binary that predates the setting.
+if grep -q page_cache_keep_bytes "$WEIR_BROKER"; then
+  printf 'page_cache_keep_bytes = 8388608\n' >"$TMP/keep.conf"
+  BROKER_CONFIG="$TMP/keep.conf"
+  start_cluster 3 always
+  BROKER_CONFIG=""
+  run b-100-keep produce --topic b-100 --partitions 3 --replication-factor 3 --records "$RECORDS" --record-size 100 --acks all
+  run b-1k-keep produce --topic b-1k --partitions 3 --replication-factor 3 --records $((RECORDS / 4)) --record-size 1024 --acks all
+  run d-after-b-keep e2e --topic d --partitions 3 --replication-factor 3 --rate "$d_rate" --records $((d_rate * 10)) --record-size 100 --acks all
+  stop_cluster
+fi
+
 # (b) with fsync never.
 if [ "$FSYNC_FLAG" = yes ]; then
   start_cluster 3 never
@@ -229,9 +247,9 @@ echo "raw write+fsync (64 KiB): ${raw_write:-?} MiB/s; 4 KiB fsync: ${fsync_star
 # The last three columns say whether a latency spike was Weir's: the
 # client's worst hiccup (the machine stalled), the brokers' slowest driver
 # pass (CPU or a blocking call) and slowest group commit (the disk), in ms.
-printf '%-11s %12s %10s %8s %8s %8s %8s %8s %8s %8s %8s\n' run records/s MiB/s p50_ms p99_ms p999_ms max_ms wr_amp hiccup round gcommit
+printf '%-14s %12s %10s %8s %8s %8s %8s %8s %8s %8s %8s\n' run records/s MiB/s p50_ms p99_ms p999_ms max_ms wr_amp hiccup round gcommit
 grep -v '^raw-disk\|^loopback\|^e-partitions\|^disk-rest' "$OUT" | while IFS="$(printf '\t')" read -r name json; do
-  printf '%-11s %12s %10s %8s %8s %8s %8s %8s %8s %8s %8s\n' "$name" \
+  printf '%-14s %12s %10s %8s %8s %8s %8s %8s %8s %8s %8s\n' "$name" \
     "$(field records_per_sec "$json")" "$(field mb_per_sec "$json")" \
     "$(field p50 "$json")" "$(field p99 "$json")" "$(field p999 "$json")" "$(field max "$json")" \
     "$(field write_amplification "$json")" "$(worst hiccup_ms "$json")" \

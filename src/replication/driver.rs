@@ -599,11 +599,12 @@ fn hold_group_commit(
     gap: Duration,
     busy_bytes_per_sec: u64,
 ) -> Option<tokio::time::Instant> {
-    let at = last_start? + gap;
+    let last_start = last_start?;
+    let at = last_start + gap;
     if now >= at {
         return None;
     }
-    let elapsed_us = now.saturating_duration_since(at - gap).as_micros();
+    let elapsed_us = now.saturating_duration_since(last_start).as_micros();
     let busy =
         bytes > 0 && u128::from(bytes) * 1_000_000 >= u128::from(busy_bytes_per_sec) * elapsed_us;
     busy.then_some(at)
@@ -1082,8 +1083,11 @@ impl Driver {
             return;
         };
         let needs_sync = (sync_entries && !rd.entries().is_empty()) || g.log.hard_state_dirty();
-        let appended_bytes: usize = rd.entries().iter().map(|e| e.data.len()).sum();
-        self.persist.bytes_since_start += appended_bytes as u64;
+        if self.config.group_commit_gap_us > 0 {
+            // Only the hold reads it: no pass over the entries without it.
+            let appended_bytes: usize = rd.entries().iter().map(|e| e.data.len()).sum();
+            self.persist.bytes_since_start += appended_bytes as u64;
+        }
         if g.log.has_pending_seals() {
             // A segment rolled in step 2: its sealing sync rides on the
             // next group commit, whatever the fsync policy, and nothing

@@ -20,7 +20,9 @@
 #   to `page_cache_keep_bytes = 8388608` (see the README's memory section):
 #   not the defaults, shown beside them.
 # plus the machine's limits: sequential write+fsync bandwidth in 64 KiB
-# writes (`weir bench log`) and loopback TCP bandwidth (python3 sockets).
+# writes (`weir bench log`) and loopback TCP bandwidth (python3 sockets);
+# and after each (d) run, how fast the machine fills memory it has not
+# touched lately (see "mem_probe").
 #
 # Environment: WEIR (client binary, default target/release/weir),
 # WEIR_BROKER (broker binary, default $WEIR; the fsync-never run needs a
@@ -147,6 +149,22 @@ disk_rested() {
   printf 'disk-rest\t{"fsync_us":%s,"waited_s":%s,"fsync_start_us":%s}\n' "$now_us" "$waited" "$fsync_start_us" >>"$OUT"
 }
 
+# mem_probe NAME: how fast this machine fills memory it has not touched
+# lately (MiB/s of `dd` into a new 512 MiB file on /dev/shm), recorded as
+# NAME. This VM returns freed memory to its host (free page reporting), and
+# in some phases faulting it back in is slow enough to slow every write into
+# a growing page cache; the probe runs after a (d) run, not before, so that
+# the memory it frees cannot speed the run up.
+mem_probe() {
+  [ -d /dev/shm ] && [ -w /dev/shm ] || return 0
+  f=/dev/shm/weir-bench-mem.$$
+  secs=$(dd if=/dev/zero of="$f" bs=1M count=512 2>&1 | grep -o 'copied, [0-9.e-]* s' | grep -o '[0-9][0-9.e-]*' || true)
+  rm -f "$f"
+  mib=$(awk -v s="${secs:-0}" 'BEGIN { if (s > 0) printf "%d", 512 / s; else print 0 }')
+  echo "memory: new pages filled at $mib MiB/s" >&2
+  printf '%s\t{"mem_fill_mib_per_sec":%s}\n' "$1" "$mib" >>"$OUT"
+}
+
 field() { # field KEY JSON: a number from flat-enough JSON
   printf '%s' "$2" | grep -o "\"$1\": *[-0-9.e]*" | head -n 1 | sed 's/.*: *//'
 }
@@ -211,6 +229,7 @@ run b-1k produce --topic b-1k --partitions 3 --replication-factor 3 --records $(
 b_rate=$(grep '^b-100' "$OUT" | cut -f2 | grep -o '"records_per_sec": *[0-9]*' | grep -o '[0-9]*$' || true)
 d_rate=$(( ${b_rate:-10000} / 2 ))
 run d-after-b e2e --topic d --partitions 3 --replication-factor 3 --rate "$d_rate" --records $((d_rate * 10)) --record-size 100 --acks all
+mem_probe mem-after-d-after-b
 # (e) 1,000 partitions, RF 3, idle then under a light load.
 run e-partitions partitions --count 1000 --measure-secs 10 --load-rate 100
 stop_cluster
@@ -218,6 +237,7 @@ stop_cluster
 # (d) again on fresh brokers (start_cluster waits for the disk to rest).
 start_cluster 3 always
 run d-3brokers e2e --topic d --partitions 3 --replication-factor 3 --rate "$d_rate" --records $((d_rate * 10)) --record-size 100 --acks all
+mem_probe mem-after-d-3brokers
 stop_cluster
 
 # (b) then (d) right after it, on brokers that keep only the last 8 MiB of
@@ -231,6 +251,7 @@ if grep -q page_cache_keep_bytes "$WEIR_BROKER"; then
   run b-100-keep produce --topic b-100 --partitions 3 --replication-factor 3 --records "$RECORDS" --record-size 100 --acks all
   run b-1k-keep produce --topic b-1k --partitions 3 --replication-factor 3 --records $((RECORDS / 4)) --record-size 1024 --acks all
   run d-after-b-keep e2e --topic d --partitions 3 --replication-factor 3 --rate "$d_rate" --records $((d_rate * 10)) --record-size 100 --acks all
+  mem_probe mem-after-d-keep
   stop_cluster
 fi
 
@@ -248,7 +269,7 @@ echo "raw write+fsync (64 KiB): ${raw_write:-?} MiB/s; 4 KiB fsync: ${fsync_star
 # client's worst hiccup (the machine stalled), the brokers' slowest driver
 # pass (CPU or a blocking call) and slowest group commit (the disk), in ms.
 printf '%-14s %12s %10s %8s %8s %8s %8s %8s %8s %8s %8s\n' run records/s MiB/s p50_ms p99_ms p999_ms max_ms wr_amp hiccup round gcommit
-grep -v '^raw-disk\|^loopback\|^e-partitions\|^disk-rest' "$OUT" | while IFS="$(printf '\t')" read -r name json; do
+grep -v '^raw-disk\|^loopback\|^e-partitions\|^disk-rest\|^mem-' "$OUT" | while IFS="$(printf '\t')" read -r name json; do
   printf '%-14s %12s %10s %8s %8s %8s %8s %8s %8s %8s %8s\n' "$name" \
     "$(field records_per_sec "$json")" "$(field mb_per_sec "$json")" \
     "$(field p50 "$json")" "$(field p99 "$json")" "$(field p999 "$json")" "$(field max "$json")" \
@@ -261,4 +282,8 @@ grep '^e-partitions' "$OUT" | while IFS="$(printf '\t')" read -r name json; do
     "$(field resident_bytes_per_replica "$json") bytes resident per replica," \
     "all led $(field create_secs "$json") s after creation"
 done
+mem=$(grep '^mem-' "$OUT" | while IFS="$(printf '\t')" read -r name json; do
+  printf ' %s %s' "${name#mem-after-}" "$(field mem_fill_mib_per_sec "$json")"
+done)
+if [ -n "$mem" ]; then echo "new memory filled, MiB/s, right after each (d) run:$mem"; fi
 if [ -n "${BENCH_OUT:-}" ]; then echo "JSON lines in $OUT"; fi

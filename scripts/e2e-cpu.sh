@@ -8,16 +8,18 @@
 # over the e2e run (from /proc/PID/stat) and the machine's split of CPU time
 # over it (from /proc/stat: user, system, idle, iowait, softirq, steal).
 # BIN defaults to target/release/weir; ports 18400-18421; data in a
-# temporary directory removed at the end.
+# temporary directory removed at the end. BROKER_CONFIG, if set, is passed
+# to every broker as --config (e.g. a file with page_cache_keep_bytes).
 set -u
 R=$1 W=${2:-target/release/weir} MODE=${3:-fresh}
 D=$(mktemp -d /tmp/weir-e2e.XXXX); B=18400
 peers="1=127.0.0.1:$((B+1)),2=127.0.0.1:$((B+11)),3=127.0.0.1:$((B+21))"
-P=""
+P="" X=""
+if [ -n "${BROKER_CONFIG:-}" ]; then X="--config $BROKER_CONFIG"; fi
 for i in 1 2 3; do
   p=$((B + 10 * (i - 1)))
   "$W" broker --id "$i" --data-dir "$D/d$i" --listen "127.0.0.1:$p" --peer-listen "127.0.0.1:$((p + 1))" \
-    --peers "$peers" --log-level warn --fsync always >"$D/b$i.log" 2>&1 &
+    --peers "$peers" --log-level warn --fsync always $X >"$D/b$i.log" 2>&1 &
   P="$P $!"
 done
 export WEIR_BOOTSTRAP="127.0.0.1:$B,127.0.0.1:$((B + 10)),127.0.0.1:$((B + 20))"

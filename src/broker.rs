@@ -55,7 +55,6 @@ pub struct BrokerConfig {
     /// after a sync; the rest are dropped (0: the OS decides). See
     /// [`crate::storage::LogConfig::page_cache_keep_bytes`].
     pub page_cache_keep_bytes: u64,
-    pub auto_create_topics: bool,
 }
 
 impl BrokerConfig {
@@ -72,7 +71,6 @@ impl BrokerConfig {
             limits: ServerLimits::default(),
             retention_check_ms: 60_000,
             page_cache_keep_bytes: 0,
-            auto_create_topics: false,
         }
     }
 
@@ -90,6 +88,18 @@ impl BrokerConfig {
         }
         if self.peers.contains_key(&0) {
             return Err(BrokerError::Config("peer ids must be at least 1".into()));
+        }
+        if self.limits.request_bytes_in_flight_max < 1024 * 1024 {
+            return Err(BrokerError::Config(format!(
+                "max_request_bytes_in_flight is {} bytes; it must be at least 1048576 \
+                 (1 MiB), or a broker could hold only a request or two at once",
+                self.limits.request_bytes_in_flight_max
+            )));
+        }
+        if self.limits.connections_max == 0 || self.limits.in_flight_per_connection_max == 0 {
+            return Err(BrokerError::Config(
+                "max_connections and max_in_flight_per_connection must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -297,7 +307,6 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
         controller,
         metadata: metadata.clone(),
         view,
-        auto_create_topics: config.auto_create_topics,
         logger: logger.clone(),
     });
     let (stop_serving, serving) = tokio::sync::watch::channel(false);

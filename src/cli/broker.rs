@@ -33,7 +33,7 @@ pub struct BrokerArgs {
     /// id=host:port,id=host:port,...
     #[arg(long)]
     pub peers: Option<String>,
-    /// A file of `key = value` settings (see docs/operations in the README).
+    /// A file of `key = value` settings (see "Broker settings" in the README).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// trace, debug, info, warn, error or critical.
@@ -65,9 +65,9 @@ const KEYS: &[&str] = &[
     "tick_ms",
     "seed",
     "retention_check_ms",
-    "auto_create_topics",
     "max_connections",
     "max_in_flight_per_connection",
+    "max_request_bytes_in_flight",
     "fsync",
     "quiesce_idle_groups",
     "group_commit_gap_us",
@@ -203,9 +203,6 @@ fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
     if let Some(v) = s.get("retention_check_ms") {
         broker.retention_check_ms = number("retention_check_ms", v)?;
     }
-    if let Some(v) = s.get("auto_create_topics") {
-        broker.auto_create_topics = boolean("auto_create_topics", v)?;
-    }
     if let Some(v) = s.get("quiesce_idle_groups") {
         broker.driver.quiesce = boolean("quiesce_idle_groups", v)?;
     }
@@ -214,6 +211,9 @@ fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
     }
     if let Some(v) = s.get("max_in_flight_per_connection") {
         broker.limits.in_flight_per_connection_max = number("max_in_flight_per_connection", v)?;
+    }
+    if let Some(v) = s.get("max_request_bytes_in_flight") {
+        broker.limits.request_bytes_in_flight_max = number("max_request_bytes_in_flight", v)?;
     }
     broker.validate().map_err(|e| e.to_string())?;
     let log_level = logging::parse_level(&get("log_level", "info"))?;
@@ -311,6 +311,20 @@ mod tests {
         assert_eq!(r.broker.page_cache_keep_bytes, 8 << 20);
         let bad = parse_config_file("group_commit_gap_us = soon\n").unwrap();
         assert!(build(&bad).unwrap_err().contains("group_commit_gap_us"));
+    }
+
+    #[test]
+    fn server_limits_parse_and_are_checked() {
+        let r = build(&parse_config_file("").unwrap()).unwrap();
+        assert_eq!(r.broker.limits.request_bytes_in_flight_max, 64 << 20);
+        let text = "max_request_bytes_in_flight = 16777216\nmax_connections = 10\n";
+        let r = build(&parse_config_file(text).unwrap()).unwrap();
+        assert_eq!(r.broker.limits.request_bytes_in_flight_max, 16 << 20);
+        assert_eq!(r.broker.limits.connections_max, 10);
+        let small = parse_config_file("max_request_bytes_in_flight = 4096\n").unwrap();
+        assert!(build(&small).unwrap_err().contains("at least 1048576"));
+        let none = parse_config_file("max_in_flight_per_connection = 0\n").unwrap();
+        assert!(build(&none).unwrap_err().contains("at least 1"));
     }
 
     #[test]

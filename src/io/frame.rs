@@ -167,6 +167,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Reads until the next frame's header is in and returns the payload
+    /// length it announces (checked against the cap), without reading the
+    /// payload: a server can then wait for memory before the body arrives.
+    /// `Ok(None)` at a clean end of the stream. Cancel safe: bytes already
+    /// read stay buffered.
+    pub async fn next_frame_len(&mut self) -> Result<Option<usize>, FrameError> {
+        loop {
+            if let Some(len) = self.announced_len()? {
+                return Ok(Some(len));
+            }
+            if self.fill().await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(FrameError::Truncated);
+            }
+        }
+    }
+
     /// The payload length announced by the buffered header, if it is all in.
     fn announced_len(&self) -> Result<Option<usize>, FrameError> {
         let Some(header) = self.buf.get(..HEADER_BYTES) else {
@@ -433,6 +452,41 @@ mod tests {
         assert_eq!(&frames[2][..], &big[..]);
         let decoded: ClientRequest = decode_message(frames[3].clone()).unwrap();
         assert_eq!(decoded, request(42));
+    }
+
+    #[tokio::test]
+    async fn a_frame_length_is_known_before_its_body_arrives() {
+        let (mut w, r) = duplex(1 << 20);
+        let mut reader = FrameReader::new(r);
+        // The header and 3 of 10 payload bytes: the length is known, the
+        // frame is not whole.
+        w.write_all(&10u32.to_be_bytes()).await.unwrap();
+        w.write_all(b"abc").await.unwrap();
+        assert_eq!(reader.next_frame_len().await.unwrap(), Some(10));
+        // Asking again reads nothing more and gives the same answer.
+        assert_eq!(reader.next_frame_len().await.unwrap(), Some(10));
+        w.write_all(b"defghij").await.unwrap();
+        assert_eq!(
+            &reader.read_frame().await.unwrap().unwrap()[..],
+            b"abcdefghij"
+        );
+        // A header cut short is a truncation; no header at all, the end.
+        w.write_all(&[0, 0]).await.unwrap();
+        drop(w);
+        assert!(matches!(
+            reader.next_frame_len().await,
+            Err(FrameError::Truncated)
+        ));
+        let (w, r) = duplex(64);
+        drop(w);
+        assert_eq!(FrameReader::new(r).next_frame_len().await.unwrap(), None);
+        // An oversize length is refused here too.
+        let (mut w, r) = duplex(64);
+        w.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+        assert!(matches!(
+            FrameReader::new(r).next_frame_len().await,
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[tokio::test]

@@ -26,7 +26,6 @@ pub struct Services {
     pub controller: Controller,
     pub metadata: Metadata,
     pub view: PeerView,
-    pub auto_create_topics: bool,
     pub logger: slog::Logger,
 }
 

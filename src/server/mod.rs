@@ -1,6 +1,7 @@
 //! The client-facing server: accepts connections, reads framed requests,
-//! runs them concurrently (up to a per-connection limit) and writes each
-//! response, tagged with its request's correlation id, as it completes.
+//! runs them concurrently (up to a per-connection limit, and up to a
+//! broker-wide budget of request bytes) and writes each response, tagged
+//! with its request's correlation id, as it completes.
 //!
 //! - [`connection`]: one client connection.
 //! - [`handlers`]: what each request does.
@@ -12,7 +13,7 @@ use crate::io::net::Listener;
 use handlers::Services;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 /// Limits of the client server.
@@ -25,6 +26,12 @@ pub struct ServerLimits {
     pub in_flight_per_connection_max: usize,
     /// Largest request frame accepted.
     pub frame_bytes_max: usize,
+    /// Bytes of client requests in progress at once, all connections
+    /// together (Kafka's `queued.max.request.bytes`; Redpanda bounds the
+    /// same with a memory semaphore). A request counts from before its body
+    /// is read until its response is queued; at the limit, connections stop
+    /// reading and TCP pushes back on the clients.
+    pub request_bytes_in_flight_max: usize,
 }
 
 impl Default for ServerLimits {
@@ -33,7 +40,45 @@ impl Default for ServerLimits {
             connections_max: 1024,
             in_flight_per_connection_max: 64,
             frame_bytes_max: crate::io::frame::FRAME_BYTES_MAX,
+            request_bytes_in_flight_max: REQUEST_BYTES_IN_FLIGHT_MAX_DEFAULT,
         }
+    }
+}
+
+/// The default of [`ServerLimits::request_bytes_in_flight_max`].
+pub const REQUEST_BYTES_IN_FLIGHT_MAX_DEFAULT: usize = 64 * 1024 * 1024;
+
+/// The broker-wide budget of bytes of client requests in progress (see
+/// [`ServerLimits::request_bytes_in_flight_max`]).
+#[derive(Clone, Debug)]
+pub struct RequestBudget {
+    bytes: Arc<Semaphore>,
+    bytes_max: usize,
+}
+
+impl RequestBudget {
+    pub fn new(bytes_max: usize) -> Self {
+        let bytes_max = bytes_max.clamp(1, Semaphore::MAX_PERMITS);
+        RequestBudget {
+            bytes: Arc::new(Semaphore::new(bytes_max)),
+            bytes_max,
+        }
+    }
+
+    /// Waits until `len_bytes` are free and takes them until the permit is
+    /// dropped. A request larger than the whole budget takes all of it, so
+    /// it still gets in, alone. Waiters are served in order, so a large
+    /// request is not starved by small ones. `None` only if the budget was
+    /// closed, which nothing does.
+    pub async fn reserve(&self, len_bytes: usize) -> Option<OwnedSemaphorePermit> {
+        // Frames are at most u32::MAX bytes long (a 4-byte length).
+        let n = u32::try_from(len_bytes.min(self.bytes_max)).unwrap_or(u32::MAX);
+        self.bytes.clone().acquire_many_owned(n).await.ok()
+    }
+
+    /// Bytes not taken by requests in progress.
+    pub fn available_bytes(&self) -> usize {
+        self.bytes.available_permits()
     }
 }
 
@@ -47,6 +92,7 @@ pub async fn serve_clients(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.connections_max));
+    let budget = RequestBudget::new(limits.request_bytes_in_flight_max);
     let mut connections = JoinSet::new();
     loop {
         // Reap finished connections so the set does not grow.
@@ -68,9 +114,9 @@ pub async fn serve_clients(
             slog::warn!(services.logger, "too many client connections; closing"; "remote" => addr);
             continue;
         };
-        let (services, shutdown) = (services.clone(), shutdown.clone());
+        let (services, budget, shutdown) = (services.clone(), budget.clone(), shutdown.clone());
         connections.spawn(async move {
-            connection::serve(stream, addr, services, limits, shutdown).await;
+            connection::serve(stream, addr, services, limits, budget, shutdown).await;
             drop(slot);
         });
     }

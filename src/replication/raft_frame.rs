@@ -47,15 +47,17 @@ fn group_message_len(group: u64, message_len: u64) -> u64 {
 }
 
 /// Frames (length prefix included) carrying `messages` in order, as many
-/// as needed to keep each payload within `payload_bytes_max` (none for no
-/// messages). A message
-/// too large for a frame of its own is left out; the caller is told how
-/// many were (raft-rs bounds messages far below the frame limit, so this is
-/// a guard, not a path).
+/// as needed to keep each payload within `payload_bytes_target`, except
+/// that a message larger than that goes alone into a frame of up to
+/// `payload_bytes_max` (none for no messages). A message too large for a
+/// frame of its own is left out; the caller is told how many were (raft-rs
+/// bounds messages far below the frame limit, so this is a guard, not a
+/// path).
 pub fn encode(
     from: u64,
     incarnation: u64,
     messages: &[(u64, Message)],
+    payload_bytes_target: usize,
     payload_bytes_max: usize,
 ) -> Result<(Vec<Vec<u8>>, usize), FrameError> {
     let head = varint_field_len(from) + varint_field_len(incarnation);
@@ -64,7 +66,7 @@ pub fn encode(
         .iter()
         .map(|(group, m)| nested_field_len(group_message_len(*group, u64::from(m.compute_size()))))
         .collect();
-    let fits = |batch_len: u64| head + nested_field_len(batch_len) <= payload_bytes_max as u64;
+    let within = |batch_len: u64, limit: usize| head + nested_field_len(batch_len) <= limit as u64;
     let mut frames = Vec::new();
     let mut skipped = 0;
     let mut start = 0;
@@ -73,7 +75,10 @@ pub fn encode(
     while start < messages.len() {
         let mut end = start;
         let mut batch_len = 0u64;
-        while end < messages.len() && fits(batch_len + entries[end]) {
+        while end < messages.len()
+            && (within(batch_len + entries[end], payload_bytes_target)
+                || (end == start && within(entries[end], payload_bytes_max)))
+        {
             batch_len += entries[end];
             end += 1;
         }
@@ -211,7 +216,7 @@ mod tests {
     fn quickcheck_frames_are_what_prost_encodes() {
         fn prop(from: u64, incarnation: u64, msgs: Vec<Msg>) -> bool {
             let messages: Vec<(u64, Message)> = msgs.into_iter().map(|Msg(g, m)| (g, m)).collect();
-            let (frames, skipped) = encode(from, incarnation, &messages, 1 << 20).unwrap();
+            let (frames, skipped) = encode(from, incarnation, &messages, 1 << 20, 1 << 20).unwrap();
             let expected = match messages.is_empty() {
                 true => Vec::new(),
                 false => vec![through_prost(from, incarnation, &messages)],
@@ -240,7 +245,7 @@ mod tests {
             })
             .collect();
         let limit = 6_000;
-        let (frames, skipped) = encode(3, 9, &messages, limit).unwrap();
+        let (frames, skipped) = encode(3, 9, &messages, limit, limit).unwrap();
         // Messages 60 and up would not fit a frame alone; none here.
         assert_eq!(skipped, 0);
         assert!(frames.len() > 1, "{} frames", frames.len());
@@ -261,8 +266,46 @@ mod tests {
         assert_eq!(got, expected, "every message once, in order");
 
         // One too large for any frame is left out and counted.
-        let (frames, skipped) = encode(3, 9, &messages[40..], 4_000).unwrap();
+        let (frames, skipped) = encode(3, 9, &messages[40..], 4_000, 4_000).unwrap();
         assert_eq!(skipped, 10);
         assert!(frames.is_empty());
+    }
+
+    #[test]
+    fn a_message_above_the_target_goes_alone_up_to_the_limit() {
+        let message = |group: u64, len: usize| {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgAppend);
+            let e = Entry {
+                data: vec![1u8; len].into(),
+                ..Entry::default()
+            };
+            m.set_entries(vec![e].into());
+            (group, m)
+        };
+        // Small, small, one above the 2,000-byte target, small, small.
+        let messages = vec![
+            message(1, 500),
+            message(2, 500),
+            message(3, 5_000),
+            message(4, 500),
+            message(5, 500),
+        ];
+        let (frames, skipped) = encode(3, 9, &messages, 2_000, 10_000).unwrap();
+        assert_eq!(skipped, 0);
+        let groups: Vec<Vec<u64>> = frames
+            .iter()
+            .map(|f| {
+                let m = PeerMessage::decode(&f[4..]).unwrap();
+                let Some(peer_message::Body::Raft(batch)) = m.body else {
+                    panic!("not a Raft batch");
+                };
+                batch.messages.iter().map(|gm| gm.group).collect()
+            })
+            .collect();
+        assert_eq!(groups, vec![vec![1, 2], vec![3], vec![4, 5]]);
+        // Above the limit it is still left out.
+        let (_, skipped) = encode(3, 9, &messages, 2_000, 4_000).unwrap();
+        assert_eq!(skipped, 1);
     }
 }

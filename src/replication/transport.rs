@@ -25,6 +25,12 @@ use tokio::time::Instant;
 pub const LINK_QUEUE_LEN: usize = 256;
 /// Messages coalesced into one frame at most.
 const MESSAGES_PER_FRAME_MAX: usize = 4096;
+/// Bytes of messages a link takes from its queue per write, and the size
+/// of the frames it cuts them into (a single larger message gets a frame
+/// of its own, up to the frame limit). Frames of up to the 16 MiB limit
+/// made every peer reader's buffer double to 32 MiB while one arrived, and
+/// a link held all it had drained, encoded, at once.
+const RAFT_FRAME_BYTES_TARGET: usize = 1024 * 1024;
 const BACKOFF_MS_MIN: u64 = 50;
 const BACKOFF_MS_MAX: u64 = 1000;
 /// A write to a peer that takes longer than this drops the connection.
@@ -182,6 +188,15 @@ impl Liveness for PeerView {
     }
 }
 
+/// The bytes of Raft entries in `messages`: what a link drains by.
+fn entry_bytes(messages: &[(u64, Message)]) -> usize {
+    messages
+        .iter()
+        .flat_map(|(_, m)| m.get_entries())
+        .map(|e| e.get_data().len())
+        .sum()
+}
+
 /// One link per peer (`peers` maps broker id to peer address; this
 /// broker's own entry is skipped): the handle to queue messages, and the
 /// link tasks for the caller to spawn (and abort when it stops).
@@ -239,17 +254,15 @@ impl Link {
                 slog::debug!(self.logger, "peer restarted; reconnecting");
                 conn = None;
             }
-            let frames = match item {
-                LinkItem::Raft(first) => self.raft_frames(first, &mut rx),
-                LinkItem::Peer(m) => frame::encode_message(&m).map(|f| vec![Vec::from(f)]),
-            };
-            let frames = match frames {
-                Ok(frames) if !frames.is_empty() => frames,
-                Ok(_) => continue,
-                Err(e) => {
-                    slog::error!(self.logger, "cannot encode a peer frame"; "error" => %e);
-                    continue;
-                }
+            let mut out = match item {
+                LinkItem::Raft(first) => Outgoing::Raft(self.drain(first, &mut rx).into()),
+                LinkItem::Peer(m) => match frame::encode_message(&m) {
+                    Ok(f) => Outgoing::Frame(Some(Vec::from(f))),
+                    Err(e) => {
+                        slog::error!(self.logger, "cannot encode a peer frame"; "error" => %e);
+                        continue;
+                    }
+                },
             };
             if conn.is_none() {
                 match self.net.connect(&self.addr).await {
@@ -268,51 +281,114 @@ impl Link {
             let Some((stream, _)) = conn.as_mut() else {
                 continue;
             };
-            // A write to a peer that stopped reading (dead, or behind a
-            // partition) blocks once the socket buffer is full: bound it,
-            // and start over on a fresh connection.
-            let timeout = Duration::from_millis(WRITE_TIMEOUT_MS);
-            match tokio::time::timeout(timeout, frame::write_encoded(stream, &frames)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    slog::debug!(self.logger, "peer link broke"; "error" => %e);
-                    conn = None;
-                }
-                Err(_) => {
-                    slog::debug!(self.logger, "peer link stalled; reconnecting");
-                    conn = None;
+            // A frame's worth is encoded, then written, before the next is
+            // encoded: a large batch (a follower's whole append window,
+            // read back from the log) is never all encoded at once.
+            while let Some(frames) = self.next_frames(&mut out) {
+                // A write to a peer that stopped reading (dead, or behind a
+                // partition) blocks once the socket buffer is full: bound
+                // it, and start over on a fresh connection.
+                let timeout = Duration::from_millis(WRITE_TIMEOUT_MS);
+                match tokio::time::timeout(timeout, frame::write_encoded(stream, &frames)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        slog::debug!(self.logger, "peer link broke"; "error" => %e);
+                        conn = None;
+                        break;
+                    }
+                    Err(_) => {
+                        slog::debug!(self.logger, "peer link stalled; reconnecting");
+                        conn = None;
+                        break;
+                    }
                 }
             }
         }
     }
 
-    /// Frames of the Raft messages queued (usually one; more only past
-    /// the frame limit). Stops at the first item that is not Raft
-    /// messages: that one is dropped (leader reports recur; proposals are
-    /// retried by their senders).
-    fn raft_frames(
+    /// The Raft messages of `first` and of the Raft items queued behind it,
+    /// up to about a frame's worth of entries. Stops at the first item that
+    /// is not Raft messages: that one is dropped (leader reports recur;
+    /// proposals are retried by their senders).
+    fn drain(
         &self,
         first: Vec<(u64, Message)>,
         rx: &mut mpsc::Receiver<LinkItem>,
-    ) -> Result<Vec<Vec<u8>>, frame::FrameError> {
+    ) -> Vec<(u64, Message)> {
         let mut messages = first;
-        while messages.len() < MESSAGES_PER_FRAME_MAX {
+        let mut bytes = entry_bytes(&messages);
+        while messages.len() < MESSAGES_PER_FRAME_MAX && bytes < RAFT_FRAME_BYTES_TARGET {
             match rx.try_recv() {
-                Ok(LinkItem::Raft(batch)) => messages.extend(batch),
+                Ok(LinkItem::Raft(batch)) => {
+                    bytes += entry_bytes(&batch);
+                    messages.extend(batch);
+                }
                 _ => break,
             }
         }
-        let (frames, skipped) = raft_frame::encode(
-            self.self_id,
-            self.incarnation,
-            &messages,
-            frame::FRAME_BYTES_MAX,
-        )?;
-        if skipped > 0 {
-            slog::error!(self.logger, "Raft messages too large for a frame dropped"; "count" => skipped);
-        }
-        Ok(frames)
+        messages
     }
+
+    /// The next frames to write: the peer frame, or the next frame's worth
+    /// of Raft messages, encoded (messages too large for any frame are
+    /// dropped and logged; an encoding failure drops the rest).
+    fn next_frames(&self, out: &mut Outgoing) -> Option<Vec<Vec<u8>>> {
+        let messages = match out {
+            Outgoing::Frame(f) => return f.take().map(|f| vec![f]),
+            Outgoing::Raft(messages) => messages,
+        };
+        while !messages.is_empty() {
+            let n = frame_worth(messages.iter(), RAFT_FRAME_BYTES_TARGET);
+            let chunk: Vec<(u64, Message)> = messages.drain(..n).collect();
+            match raft_frame::encode(
+                self.self_id,
+                self.incarnation,
+                &chunk,
+                RAFT_FRAME_BYTES_TARGET,
+                frame::FRAME_BYTES_MAX,
+            ) {
+                Ok((frames, skipped)) => {
+                    if skipped > 0 {
+                        slog::error!(self.logger, "Raft messages too large for a frame dropped"; "count" => skipped);
+                    }
+                    if !frames.is_empty() {
+                        return Some(frames);
+                    }
+                }
+                Err(e) => {
+                    slog::error!(self.logger, "cannot encode a peer frame"; "error" => %e);
+                    messages.clear();
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What a link writes for one item: a peer frame, or Raft messages yet to
+/// be encoded.
+enum Outgoing {
+    Frame(Option<Vec<u8>>),
+    Raft(std::collections::VecDeque<(u64, Message)>),
+}
+
+/// How many of `messages` (at least one) make about `bytes_target` bytes
+/// of entries.
+fn frame_worth<'a>(
+    messages: impl Iterator<Item = &'a (u64, Message)>,
+    bytes_target: usize,
+) -> usize {
+    let mut bytes = 0usize;
+    let mut n = 0;
+    for (_, m) in messages {
+        let len: usize = m.get_entries().iter().map(|e| e.get_data().len()).sum();
+        if n > 0 && bytes + len > bytes_target {
+            break;
+        }
+        bytes += len;
+        n += 1;
+    }
+    n
 }
 
 /// Accepts peer connections and feeds what they carry to the driver and
@@ -430,6 +506,65 @@ mod tests {
             group,
             leader,
             term,
+        }
+    }
+
+    fn append(group: u64, index: u64, len: usize) -> (u64, Message) {
+        let mut m = Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+        m.index = index;
+        let e = raft::eraftpb::Entry {
+            data: vec![index as u8; len].into(),
+            ..Default::default()
+        };
+        m.set_entries(vec![e].into());
+        (group, m)
+    }
+
+    #[test]
+    fn a_frames_worth_is_about_the_target_and_never_nothing() {
+        let messages: Vec<(u64, Message)> = (0..10).map(|i| append(1, i, 300)).collect();
+        assert_eq!(frame_worth(messages.iter(), 1_000), 3);
+        assert_eq!(frame_worth(messages.iter(), 100), 1, "one even above it");
+        assert_eq!(frame_worth(messages.iter(), 1 << 20), 10);
+        assert_eq!(frame_worth(messages[..0].iter(), 1_000), 0);
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_leaves_as_frames_of_about_the_target_in_order() {
+        let net: NetworkRef = Arc::new(crate::io::net::TcpNetwork::new());
+        let mut listener = net.bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let peers = BTreeMap::from([(1, "127.0.0.1:1".to_string()), (2, addr)]);
+        let (links, tasks) = start_links(net, 1, 1, &peers, &PeerView::default(), &logger);
+        let tasks: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
+        // A follower's whole window in one batch: 24 appends of 256 KiB.
+        let batch: Vec<(u64, Message)> = (0..24).map(|i| append(7, i, 256 * 1024)).collect();
+        assert!(links.send(2, LinkItem::Raft(batch)));
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut frames = frame::FrameReader::new(stream);
+        let mut indexes = Vec::new();
+        while indexes.len() < 24 {
+            let f = frames.read_frame().await.unwrap().unwrap();
+            // A frame's worth: about the target, and never the whole batch.
+            assert!(
+                f.len() <= RAFT_FRAME_BYTES_TARGET + 64 * 1024,
+                "{} bytes",
+                f.len()
+            );
+            let m: crate::proto::PeerMessage = frame::decode_message(f).unwrap();
+            let Some(crate::proto::peer_message::Body::Raft(batch)) = m.body else {
+                panic!("not a Raft batch");
+            };
+            for gm in batch.messages {
+                let raft = Message::parse_from_bytes(&gm.message).unwrap();
+                indexes.push(raft.index);
+            }
+        }
+        assert_eq!(indexes, (0..24).collect::<Vec<_>>());
+        for t in tasks {
+            t.abort();
         }
     }
 

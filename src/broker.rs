@@ -52,7 +52,8 @@ pub struct BrokerConfig {
     pub limits: ServerLimits,
     pub retention_check_ms: u64,
     /// Bytes at the end of each partition log whose cached pages are kept
-    /// after a sync; the rest are dropped (0: the OS decides). See
+    /// after a sync; the rest are dropped (0: the OS decides; default
+    /// 64 MiB). See
     /// [`crate::storage::LogConfig::page_cache_keep_bytes`].
     pub page_cache_keep_bytes: u64,
 }
@@ -70,7 +71,7 @@ impl BrokerConfig {
             driver: DriverConfig::new(id, id),
             limits: ServerLimits::default(),
             retention_check_ms: 60_000,
-            page_cache_keep_bytes: 0,
+            page_cache_keep_bytes: crate::storage::LogConfig::default().page_cache_keep_bytes,
         }
     }
 

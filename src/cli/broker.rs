@@ -316,7 +316,7 @@ mod tests {
     #[test]
     fn server_limits_parse_and_are_checked() {
         let r = build(&parse_config_file("").unwrap()).unwrap();
-        assert_eq!(r.broker.limits.request_bytes_in_flight_max, 64 << 20);
+        assert_eq!(r.broker.limits.request_bytes_in_flight_max, 16 << 20);
         let text = "max_request_bytes_in_flight = 16777216\nmax_connections = 10\n";
         let r = build(&parse_config_file(text).unwrap()).unwrap();
         assert_eq!(r.broker.limits.request_bytes_in_flight_max, 16 << 20);
@@ -330,6 +330,7 @@ mod tests {
     #[test]
     fn defaults_are_the_documented_single_broker() {
         let r = resolve(&args()).unwrap();
+        assert_eq!(r.broker.page_cache_keep_bytes, 64 << 20);
         assert_eq!(r.broker.id, 1);
         assert_eq!(r.broker.listen, "127.0.0.1:7400");
         assert_eq!(r.broker.peer_listen, "127.0.0.1:7401");

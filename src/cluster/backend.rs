@@ -81,7 +81,7 @@ impl Backend {
             board,
             logger,
             retention_interval_ms: 60_000,
-            page_cache_keep_bytes: 0,
+            page_cache_keep_bytes: LogConfig::default().page_cache_keep_bytes,
             hosted: BTreeMap::new(),
         }
     }

@@ -128,7 +128,7 @@ impl TopicConfig {
             // every platform Weir builds for; saturate rather than panic.
             max_batch_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
             // A broker setting, not a topic's: the backend sets it.
-            page_cache_keep_bytes: 0,
+            page_cache_keep_bytes: LogConfig::default().page_cache_keep_bytes,
         }
     }
 

@@ -24,10 +24,21 @@ pub struct LogConfig {
     /// segments but about this many bytes at their end, so that tailing
     /// consumers still read from memory and catching-up ones from the
     /// disk, and the log does not fill the machine's memory with pages
-    /// nobody reads (see the README's fsync section). 0 (the default):
-    /// the OS decides, as in Kafka.
+    /// nobody reads (see the README's memory section). 0: the OS decides,
+    /// as in Kafka. Default [`PAGE_CACHE_KEEP_BYTES_DEFAULT`].
     pub page_cache_keep_bytes: u64,
 }
+
+/// The default of [`LogConfig::page_cache_keep_bytes`]: 64 MiB per
+/// partition log. On a VM that returns freed memory to its host, a page
+/// cache that keeps growing faults every new page in from the host, and a
+/// busy broker's writes slow down with it: e2e at 983k records/s on three
+/// brokers right after (b), alternating, p99 8.7-66.6 ms (3 of 7 over
+/// 20 ms) with the OS deciding against 8.6-18.9 ms (7 of 7) with 64 MiB
+/// kept (docs/performance.md, "30 Nov, sixth session"). 64 MiB keeps a
+/// tailing or slightly lagging consumer in memory; one further behind reads
+/// from the disk, as with Redpanda, which bypasses the page cache.
+pub const PAGE_CACHE_KEEP_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 
 /// Sparse index entries per segment at most (20 bytes each, kept in memory
 /// and in the sealed segment's index file).
@@ -45,7 +56,7 @@ impl Default for LogConfig {
             retention_bytes: -1,
             index_interval_bytes: 4096,
             max_batch_bytes: 1024 * 1024,
-            page_cache_keep_bytes: 0,
+            page_cache_keep_bytes: PAGE_CACHE_KEEP_BYTES_DEFAULT,
         }
     }
 }

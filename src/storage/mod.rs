@@ -29,7 +29,7 @@ pub mod log;
 pub mod scan;
 pub mod segment;
 
-pub use config::LogConfig;
+pub use config::{LogConfig, PAGE_CACHE_KEEP_BYTES_DEFAULT};
 pub use hard_state::HardState;
 pub use log::{Appended, EntryKind, FetchedBatches, PartitionLog, PendingSync, RetentionOutcome};
 

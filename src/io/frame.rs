@@ -154,14 +154,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The payload shares the reader's buffer, so reading costs no copy and
     /// no allocation beyond the buffer's growth.
     pub async fn read_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
+        if self.next_frame_len().await?.is_none() {
+            return Ok(None);
+        }
+        // The header is in: the stream ending before the body does is a
+        // truncation.
         loop {
             if let Some(frame) = self.take_frame()? {
                 return Ok(Some(frame));
             }
             if self.fill().await? == 0 {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
                 return Err(FrameError::Truncated);
             }
         }

@@ -190,11 +190,12 @@ impl Liveness for PeerView {
 
 /// The bytes of Raft entries in `messages`: what a link drains by.
 fn entry_bytes(messages: &[(u64, Message)]) -> usize {
-    messages
-        .iter()
-        .flat_map(|(_, m)| m.get_entries())
-        .map(|e| e.get_data().len())
-        .sum()
+    messages.iter().map(|(_, m)| message_entry_bytes(m)).sum()
+}
+
+/// The bytes of Raft entries in one message.
+fn message_entry_bytes(m: &Message) -> usize {
+    m.get_entries().iter().map(|e| e.get_data().len()).sum()
 }
 
 /// One link per peer (`peers` maps broker id to peer address; this
@@ -381,7 +382,7 @@ fn frame_worth<'a>(
     let mut bytes = 0usize;
     let mut n = 0;
     for (_, m) in messages {
-        let len: usize = m.get_entries().iter().map(|e| e.get_data().len()).sum();
+        let len = message_entry_bytes(m);
         if n > 0 && bytes + len > bytes_target {
             break;
         }

@@ -118,6 +118,14 @@ fn produce_then_consume_then_e2e() {
     assert_eq!(e["records"].as_u64(), Some(400), "{e}");
     for k in ["p50", "p99", "p999", "max"] {
         positive(&e["latency_ms"], k);
+        positive(&e["latency_from_send_ms"], k);
+        // Measured from the schedule, a record's latency includes any wait
+        // to be sent, so it is never the shorter of the two.
+        let (sched, sent) = (
+            e["latency_ms"][k].as_f64().unwrap_or(0.0),
+            e["latency_from_send_ms"][k].as_f64().unwrap_or(f64::MAX),
+        );
+        assert!(sched >= sent, "{k}: {sched} < {sent}: {e}");
     }
 }
 

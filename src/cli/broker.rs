@@ -73,6 +73,8 @@ const KEYS: &[&str] = &[
     "group_commit_gap_us",
     "group_commit_busy_bytes_per_sec",
     "page_cache_keep_bytes",
+    "max_peer_connections",
+    "peer_read_timeout_ms",
 ];
 
 fn boolean(key: &str, v: &str) -> Result<bool, String> {
@@ -214,6 +216,12 @@ fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
     }
     if let Some(v) = s.get("max_request_bytes_in_flight") {
         broker.limits.request_bytes_in_flight_max = number("max_request_bytes_in_flight", v)?;
+    }
+    if let Some(v) = s.get("max_peer_connections") {
+        broker.peer_limits.connections_max = number("max_peer_connections", v)?;
+    }
+    if let Some(v) = s.get("peer_read_timeout_ms") {
+        broker.peer_limits.read_timeout_ms = number("peer_read_timeout_ms", v)?;
     }
     broker.validate().map_err(|e| e.to_string())?;
     let log_level = logging::parse_level(&get("log_level", "info"))?;

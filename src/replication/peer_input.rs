@@ -119,8 +119,11 @@ const LOG_EVERY_MS: u64 = 10_000;
 /// a warning line per reason every 10 s at most until then).
 #[derive(Clone, Debug, Default)]
 pub struct PeerDrops {
-    inner: Arc<Mutex<BTreeMap<Invalid, (u64, Option<Instant>)>>>,
+    inner: Arc<Mutex<BTreeMap<Invalid, Counted>>>,
 }
+
+/// Drops of one reason so far, and when the last line about it was logged.
+type Counted = (u64, Option<Instant>);
 
 impl PeerDrops {
     /// Counts one drop; logs it unless this reason was logged recently.
@@ -258,9 +261,11 @@ mod tests {
             })
             .collect();
         storage.wl().append(&entries).unwrap();
-        let mut hs = raft::eraftpb::HardState::default();
-        hs.term = 2;
-        hs.commit = 3;
+        let hs = raft::eraftpb::HardState {
+            term: 2,
+            commit: 3,
+            ..Default::default()
+        };
         storage.wl().set_hardstate(hs);
         let config = raft::Config {
             id: 1,
@@ -427,8 +432,10 @@ mod tests {
     fn snapshots_must_be_of_this_group() {
         let n = node();
         let snap = |voters: Vec<u64>, index: u64, term: u64, data: &[u8]| {
-            let mut s = Snapshot::default();
-            s.data = bytes::Bytes::copy_from_slice(data);
+            let mut s = Snapshot {
+                data: bytes::Bytes::copy_from_slice(data),
+                ..Snapshot::default()
+            };
             let meta = s.mut_metadata();
             meta.index = index;
             meta.term = term;

@@ -16,11 +16,18 @@
 //!   slices the entries at `conflict - (index + 1)`, which underflows when
 //!   the entries do not follow `index`. Checked: entries numbered
 //!   `index + 1, index + 2, ...` (no overflow), terms non-decreasing, not
-//!   below `log_term` and not above the message's term.
+//!   below `log_term`, not 0 and not above the message's term. raft-rs
+//!   takes the term of an index beyond its log as 0, so an append after
+//!   such an index "at term 0" matched and then committed past the log
+//!   (found by the property test below): `log_term` must be non-zero
+//!   after index 0.
 //! - `MsgAppendResponse` at a leader: an accepted `index` beyond the
 //!   leader's log moves the follower's progress past it, and the next
 //!   append slices the log out of bounds (`fatal!`). Checked: `index` and
 //!   `reject_hint` within the log.
+//! - Indexes near `u64::MAX` overflow raft-rs's `index + 1` (found by the
+//!   property test below, on a snapshot): appends and snapshots must stay
+//!   below [`INDEX_MAX`].
 //! - `MsgSnapshot`: `restore` `fatal!`s when the configuration it carries
 //!   cannot be applied, and Weir's log refuses data that is not a log start
 //!   offset (the group would fail-stop). Weir never changes a group's
@@ -38,9 +45,17 @@
 //!   leader transfer). Weir never changes a group's membership, so the
 //!   sender must be a voter or learner of it, not this broker, and the
 //!   broker the connection identified itself as; `to` must be this broker.
+//! - A granted vote that elects this replica: `become_leader` asserts
+//!   that its whole log is persisted. A candidate's vote requests leave only
+//!   once its log is persisted (they wait for the group commit), so an
+//!   honest grant never arrives before; one that does is forged (found by
+//!   the property test below, with a forged `MsgTimeoutNow` first).
+//!   Checked: grants only while `persisted == last_index`.
 //! - Term 0 is how raft-rs marks local messages: requests from peers
 //!   (appends, heartbeats, snapshots, votes, `MsgTimeoutNow`) must carry a
-//!   term.
+//!   term. A term near `u64::MAX` overflows when raft-rs campaigns at the
+//!   next term (found by the property test below): terms above
+//!   [`TERM_MAX`] are refused.
 //!
 //! Anything else that panics inside raft-rs is contained by the driver
 //! (`catch_unwind` around the step): that group fail-stops, no other.
@@ -54,6 +69,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// The largest term a peer may send. Terms grow by one per election, so
+/// no honest term comes near; raft-rs adds one to the term it adopts when
+/// it campaigns (overflow: a panic in debug builds, term 0 in release).
+pub const TERM_MAX: u64 = u64::MAX >> 1;
+/// The largest log index a peer may name in an append or a snapshot:
+/// raft-rs computes `index + 1` and `index + entries` on them.
+pub const INDEX_MAX: u64 = u64::MAX >> 1;
+
 /// Why a message from a peer was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Invalid {
@@ -65,8 +88,9 @@ pub enum Invalid {
     NotMember,
     /// `to` is not this broker.
     WrongReceiver,
-    /// A request with term 0 (local in raft-rs).
-    NoTerm,
+    /// A request with term 0 (local in raft-rs), or a term so large that
+    /// raft-rs's next `term + 1` would overflow.
+    BadTerm,
     /// A heartbeat committing beyond the receiver's log.
     CommitBeyondLog,
     /// Entries not numbered after the append's index, or with terms out of
@@ -76,6 +100,9 @@ pub enum Invalid {
     IndexBeyondLog,
     /// A snapshot whose metadata or data this group cannot take.
     BadSnapshot,
+    /// A vote granted before this replica's own log was persisted, so
+    /// before its vote request can have left.
+    PrematureVote,
     /// The connection's first frame named a broker that is not a member.
     UnknownPeer,
     /// A frame that does not decode.
@@ -96,11 +123,12 @@ impl Invalid {
             Invalid::ForgedSender => "forged_sender",
             Invalid::NotMember => "sender_not_member",
             Invalid::WrongReceiver => "wrong_receiver",
-            Invalid::NoTerm => "no_term",
+            Invalid::BadTerm => "bad_term",
             Invalid::CommitBeyondLog => "commit_beyond_log",
             Invalid::BadEntries => "bad_entries",
             Invalid::IndexBeyondLog => "index_beyond_log",
             Invalid::BadSnapshot => "bad_snapshot",
+            Invalid::PrematureVote => "premature_vote",
             Invalid::UnknownPeer => "unknown_peer",
             Invalid::BadFrame => "bad_frame",
             Invalid::ConnectionLimit => "connection_limit",
@@ -181,8 +209,8 @@ pub fn check<T: Storage>(raft: &Raft<T>, from: u64, m: &Message) -> Result<(), I
     if m.to != raft.id {
         return Err(Invalid::WrongReceiver);
     }
-    if request && m.term == 0 {
-        return Err(Invalid::NoTerm);
+    if (request && m.term == 0) || m.term > TERM_MAX {
+        return Err(Invalid::BadTerm);
     }
     let last_index = raft.raft_log.last_index();
     match t {
@@ -192,18 +220,31 @@ pub fn check<T: Storage>(raft: &Raft<T>, from: u64, m: &Message) -> Result<(), I
             Err(Invalid::IndexBeyondLog)
         }
         MsgSnapshot => check_snapshot(raft, m),
+        MsgRequestVoteResponse | MsgRequestPreVoteResponse
+            if !m.reject && raft.raft_log.persisted < last_index =>
+        {
+            Err(Invalid::PrematureVote)
+        }
         _ => Ok(()),
     }
 }
 
 /// An append's entries follow its index, with terms in order.
 fn check_entries(m: &Message) -> Result<(), Invalid> {
+    // raft-rs reads the term of an index beyond its log as 0, so an
+    // append "after index 9 at term 0" matches any shorter log and its
+    // commit then runs past the end (found by the property test below).
+    // Every real entry has a term of at least 1.
+    if m.index > INDEX_MAX || (m.index > 0 && m.log_term == 0) {
+        return Err(Invalid::BadEntries);
+    }
     let mut prev_term = m.log_term;
     for (i, e) in m.get_entries().iter().enumerate() {
         let expected = (i as u64)
             .checked_add(1)
             .and_then(|n| m.index.checked_add(n));
-        if expected != Some(e.index) || e.term < prev_term || e.term > m.term {
+        if expected != Some(e.index) || e.index > INDEX_MAX || e.term < prev_term || e.term > m.term
+        {
             return Err(Invalid::BadEntries);
         }
         prev_term = e.term;
@@ -217,6 +258,7 @@ fn check_snapshot<T: Storage>(raft: &Raft<T>, m: &Message) -> Result<(), Invalid
     let snap = m.get_snapshot();
     let meta = snap.get_metadata();
     let ok = meta.index > 0
+        && meta.index <= INDEX_MAX
         && meta.term > 0
         && meta.term <= m.term
         && same_members(meta.get_conf_state(), &raft.prs().conf().to_conf_state())
@@ -369,7 +411,10 @@ mod tests {
         elsewhere.to = 3;
         assert_eq!(check_node(&n, 2, &elsewhere), Err(Invalid::WrongReceiver));
         let no_term = msg(MessageType::MsgAppend, 2, 0);
-        assert_eq!(check_node(&n, 2, &no_term), Err(Invalid::NoTerm));
+        assert_eq!(check_node(&n, 2, &no_term), Err(Invalid::BadTerm));
+        // Found by the property below: raft-rs's campaign adds one to it.
+        let huge = msg(MessageType::MsgTimeoutNow, 2, u64::MAX);
+        assert_eq!(check_node(&n, 2, &huge), Err(Invalid::BadTerm));
     }
 
     #[test]
@@ -414,6 +459,14 @@ mod tests {
             Err(Invalid::BadEntries),
             "index overflow"
         );
+        let mut beyond = app(9, &[]);
+        beyond.log_term = 0;
+        beyond.commit = 9;
+        assert_eq!(
+            check_node(&n, 2, &beyond),
+            Err(Invalid::BadEntries),
+            "term 0 after index 9"
+        );
     }
 
     #[test]
@@ -452,11 +505,117 @@ mod tests {
         for (bad, why) in [
             (snap(vec![1, 2], 10, 3, &good), "another configuration"),
             (snap(vec![1, 2, 3], 0, 3, &good), "index 0"),
+            (snap(vec![1, 2, 3], u64::MAX, 3, &good), "index overflowing"),
             (snap(vec![1, 2, 3], 10, 4, &good), "term above the message"),
             (snap(vec![1, 2, 3], 10, 3, b"junk"), "undecodable data"),
         ] {
             assert_eq!(check_node(&n, 2, &bad), Err(Invalid::BadSnapshot), "{why}");
         }
+    }
+
+    /// A peer message with fields from small sets around the node's log
+    /// (and far beyond it), for the property below.
+    #[derive(Clone, Debug)]
+    struct Arb(Message);
+
+    impl quickcheck::Arbitrary for Arb {
+        fn arbitrary(g: &mut quickcheck::Gen) -> Self {
+            use MessageType::*;
+            let types = [
+                MsgAppend,
+                MsgAppendResponse,
+                MsgRequestVote,
+                MsgRequestVoteResponse,
+                MsgRequestPreVote,
+                MsgRequestPreVoteResponse,
+                MsgSnapshot,
+                MsgHeartbeat,
+                MsgHeartbeatResponse,
+                MsgTimeoutNow,
+                MsgPropose,
+                MsgTransferLeader,
+                MsgReadIndex,
+            ];
+            let n = |g: &mut quickcheck::Gen| {
+                *g.choose(&[0u64, 1, 2, 3, 4, 5, 6, 7, 1 << 20, u64::MAX])
+                    .unwrap()
+            };
+            let mut m = msg(
+                *g.choose(&types).unwrap(),
+                *g.choose(&[2, 3, 9]).unwrap(),
+                0,
+            );
+            m.to = *g.choose(&[1, 1, 1, 2]).unwrap();
+            m.term = n(g);
+            m.index = n(g);
+            m.log_term = n(g);
+            m.commit = n(g);
+            m.reject = bool::arbitrary(g);
+            m.reject_hint = n(g);
+            let count = usize::arbitrary(g) % 4;
+            let first = n(g);
+            let entries: Vec<Entry> = (0..count)
+                .map(|i| Entry {
+                    index: if bool::arbitrary(g) {
+                        first.wrapping_add(i as u64)
+                    } else {
+                        n(g)
+                    },
+                    term: n(g),
+                    ..Entry::default()
+                })
+                .collect();
+            m.set_entries(entries.into());
+            if m.get_msg_type() == MsgSnapshot {
+                let mut snap = Snapshot {
+                    data: bytes::Bytes::copy_from_slice(&(n(g) as i64 & i64::MAX).to_be_bytes()),
+                    ..Snapshot::default()
+                };
+                snap.mut_metadata().index = n(g);
+                snap.mut_metadata().term = n(g);
+                let voters = g
+                    .choose(&[vec![1, 2, 3], vec![2, 3], vec![1]])
+                    .unwrap()
+                    .clone();
+                snap.mut_metadata()
+                    .set_conf_state(ConfState::from((voters, vec![])));
+                m.set_snapshot(snap);
+            }
+            Arb(m)
+        }
+    }
+
+    /// What the checks let through never makes raft-rs panic, at a
+    /// follower, a candidate or a leader.
+    #[test]
+    fn quickcheck_what_passes_the_checks_never_panics_raft() {
+        fn prop(role: u8, msgs: Vec<Arb>) -> bool {
+            let mut n = node();
+            match role % 3 {
+                0 => {}
+                1 => n.raft.become_candidate(),
+                _ => {
+                    n.raft.become_candidate();
+                    n.raft.become_leader();
+                }
+            }
+            for Arb(m) in msgs {
+                let from = m.from;
+                if check(&n.raft, from, &m).is_err() {
+                    continue;
+                }
+                let stepped =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| n.step(m.clone())));
+                if stepped.is_err() {
+                    eprintln!("raft-rs panicked on {m:?}");
+                    return false;
+                }
+            }
+            true
+        }
+        quickcheck::QuickCheck::new()
+            .tests(20_000)
+            .quickcheck(prop as fn(u8, Vec<Arb>) -> bool);
     }
 
     #[tokio::test(start_paused = true)]

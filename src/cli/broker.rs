@@ -384,4 +384,27 @@ mod tests {
         a.log_level = Some("loud".into());
         assert!(resolve(&a).unwrap_err().contains("loud"));
     }
+
+    #[test]
+    fn peer_limits_are_settings_with_bounds() {
+        let settings = |text: &str| {
+            let mut s = parse_config_file(text).unwrap();
+            s.insert("peers".into(), "1=a:1,2=b:1,3=c:1".into());
+            build(&s)
+        };
+        let r = settings("max_peer_connections = 8\npeer_read_timeout_ms = 5000\n").unwrap();
+        assert_eq!(r.broker.peer_limits.connections_max, 8);
+        assert_eq!(r.broker.peer_limits.read_timeout_ms, 5000);
+        for (text, key) in [
+            ("max_peer_connections = 0", "max_peer_connections is 0"),
+            ("max_peer_connections = 1", "between 2"),
+            ("max_peer_connections = 100000", "65536"),
+            ("peer_read_timeout_ms = 0", "peer_read_timeout_ms is 0"),
+            ("peer_read_timeout_ms = 999999999", "600000"),
+            ("peer_read_timeout_ms = soon", "peer_read_timeout_ms"),
+        ] {
+            let e = settings(text).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
 }

@@ -166,7 +166,7 @@ impl PeerDrops {
             *logged = Some(now);
             let count = *count;
             drop(inner);
-            slog::warn!(logger, "dropped invalid input from a peer";
+            slog::warn!(logger, "peer input dropped (or its connection closed)";
                 "reason" => reason.as_str(), "dropped_total" => count, "detail" => detail());
         }
     }

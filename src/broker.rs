@@ -35,6 +35,10 @@ const LEADER_REPORT_MS: u64 = 500;
 // one report would wake every idle group whenever one report is late.
 const _: () = assert!(transport::QUIESCENT_TRUST_MS >= 3 * LEADER_REPORT_MS);
 
+/// Bounds of `peer_read_timeout_ms`.
+pub const PEER_READ_TIMEOUT_MS_MIN: u64 = 4 * LEADER_REPORT_MS;
+pub const PEER_READ_TIMEOUT_MS_MAX: u64 = 600_000;
+
 /// How a broker is set up.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
@@ -56,6 +60,9 @@ pub struct BrokerConfig {
     /// 64 MiB). See
     /// [`crate::storage::LogConfig::page_cache_keep_bytes`].
     pub page_cache_keep_bytes: u64,
+    /// Limits of the peer listener (`max_peer_connections`,
+    /// `peer_read_timeout_ms`).
+    pub peer_limits: transport::PeerLimits,
 }
 
 impl BrokerConfig {
@@ -72,6 +79,7 @@ impl BrokerConfig {
             limits: ServerLimits::default(),
             retention_check_ms: 60_000,
             page_cache_keep_bytes: crate::storage::LogConfig::default().page_cache_keep_bytes,
+            peer_limits: transport::PeerLimits::default(),
         }
     }
 
@@ -101,6 +109,29 @@ impl BrokerConfig {
             return Err(BrokerError::Config(
                 "max_connections and max_in_flight_per_connection must be at least 1".into(),
             ));
+        }
+        self.validate_peer_limits()
+    }
+
+    /// Each peer keeps one link to this broker, and its restarts leave a
+    /// few more open until they time out; the read timeout must span
+    /// several leader reports (every 500 ms), which keep a live link busy.
+    fn validate_peer_limits(&self) -> Result<(), BrokerError> {
+        let peers = self.peers.len().saturating_sub(1);
+        let connections = self.peer_limits.connections_max;
+        if !(peers.max(1)..=65_536).contains(&connections) {
+            return Err(BrokerError::Config(format!(
+                "max_peer_connections is {connections}; it must be between {} (one per \
+                 other member in --peers) and 65536",
+                peers.max(1)
+            )));
+        }
+        let timeout_ms = self.peer_limits.read_timeout_ms;
+        if !(PEER_READ_TIMEOUT_MS_MIN..=PEER_READ_TIMEOUT_MS_MAX).contains(&timeout_ms) {
+            return Err(BrokerError::Config(format!(
+                "peer_read_timeout_ms is {timeout_ms}; it must be between \
+                 {PEER_READ_TIMEOUT_MS_MIN} (four leader reports) and {PEER_READ_TIMEOUT_MS_MAX}"
+            )));
         }
         Ok(())
     }
@@ -255,6 +286,12 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
         driver_tx.clone(),
         proposals_tx,
         view.clone(),
+        transport::PeerListener {
+            self_id: config.id,
+            members: config.peers.keys().copied().collect(),
+            limits: config.peer_limits,
+            drops: board.peer_drops(),
+        },
         logger.clone(),
     ));
     let controller = Controller::new(

@@ -19,6 +19,10 @@ pub const FOLLOWER_RESTAMPS: u32 = 8;
 /// next group commit syncs the new active segment, yet a power loss drops
 /// them.
 pub const SKIP_SEAL_SYNC: u32 = 16;
+/// Raft messages from peers reach raft-rs unchecked (no sender, index or
+/// commit checks; `replication::peer_input`), so a forged or hostile one
+/// can make raft-rs panic, and the panic is not contained.
+pub const TRUST_PEERS: u32 = 1 << 10;
 
 #[cfg(feature = "inject-bugs")]
 mod imp {

@@ -58,6 +58,17 @@ pub(crate) async fn admin(w: Shared, o: Rc<Options>) {
             );
             continue;
         }
+        if let Some(Request::Forge {
+            broker,
+            claim,
+            kind,
+            group,
+        }) = next
+        {
+            let outcome = crate::forge::send(broker, claim, kind, group).await;
+            note(&w, format!("admin forge to b{broker}: {outcome}"));
+            continue;
+        }
         if stage == Stage::Waiting && now_ms() >= start + plan.create_at_ms {
             stage = Stage::Creating;
         }

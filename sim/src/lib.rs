@@ -17,6 +17,7 @@ mod admin;
 pub mod checker;
 pub mod cluster;
 pub mod disk;
+mod forge;
 pub mod history;
 pub mod log_model;
 pub mod nemesis;

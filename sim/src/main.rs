@@ -66,7 +66,7 @@ struct Args {
     #[arg(long, hide = true)]
     worker_seed: Option<u64>,
     /// Switch on a deliberate broker bug: ack-before-commit, fetch-beyond-hw,
-    /// skip-fsync, follower-restamps, skip-seal-sync.
+    /// skip-fsync, follower-restamps, skip-seal-sync, trust-peers.
     #[arg(long, value_delimiter = ',')]
     inject_bug: Vec<String>,
 }
@@ -79,9 +79,10 @@ pub fn bug_bits(names: &[String]) -> Result<u32, String> {
         "skip-fsync" => Ok(bits | weir::bugs::SKIP_FSYNC),
         "follower-restamps" => Ok(bits | weir::bugs::FOLLOWER_RESTAMPS),
         "skip-seal-sync" => Ok(bits | weir::bugs::SKIP_SEAL_SYNC),
+        "trust-peers" => Ok(bits | weir::bugs::TRUST_PEERS),
         other => Err(format!(
             "unknown bug {other:?} (known: ack-before-commit, fetch-beyond-hw, skip-fsync, \
-             follower-restamps, skip-seal-sync)"
+             follower-restamps, skip-seal-sync, trust-peers)"
         )),
     })
 }

@@ -44,10 +44,17 @@ pub enum FaultKind {
     /// are reset by timeouts) and get per-link latencies, so messages on
     /// different links reorder.
     Lossy,
+    /// The `admin` client connects to a broker's peer port and sends a
+    /// hostile or forged peer frame (seeded: a heartbeat committing beyond
+    /// the log, misnumbered entries, an append response beyond the log, a
+    /// foreign snapshot, a local-only message type, a message claiming
+    /// another sender, a stranger's frame, garbage, a half-sent large
+    /// frame). An action, like `transfer`. Opt-in (not in the default set).
+    Forge,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Isolate,
         FaultKind::Split,
         FaultKind::Bridge,
@@ -58,6 +65,7 @@ impl FaultKind {
         FaultKind::Transfer,
         FaultKind::Pause,
         FaultKind::Lossy,
+        FaultKind::Forge,
     ];
 
     /// The default set: all but `Disk`, whose storage errors still make
@@ -86,6 +94,7 @@ impl FaultKind {
             FaultKind::Transfer => "transfer",
             FaultKind::Pause => "pause",
             FaultKind::Lossy => "lossy",
+            FaultKind::Forge => "forge",
         }
     }
 
@@ -106,6 +115,15 @@ pub enum Request {
     /// partitions, as in the history) to one of its other replicas, the
     /// `pick`-th modulo their number.
     Transfer { partition: u32, pick: u64 },
+    /// Send hostile frame number `kind` (modulo the kinds) to broker
+    /// `broker`'s peer port, claiming to be broker `claim`, for Raft group
+    /// `group`.
+    Forge {
+        broker: u64,
+        claim: u64,
+        kind: u64,
+        group: u64,
+    },
 }
 
 /// What the seed chose: how often faults come and how likely each is.
@@ -354,6 +372,10 @@ impl Nemesis {
             self.transfer(now, trace);
             return;
         }
+        if kind == FaultKind::Forge {
+            self.forge(now, trace);
+            return;
+        }
         let Some(active) = self.draw(kind) else {
             return;
         };
@@ -379,6 +401,27 @@ impl Nemesis {
         let pick = self.rng.gen_range(0..self.brokers);
         self.requests.push(Request::Transfer { partition, pick });
         let line = format!("nemesis transfer leadership of partition {partition} (pick {pick})");
+        trace.push(now as u128, line);
+    }
+
+    /// Asks the admin client to send a hostile peer frame to a broker.
+    fn forge(&mut self, now: u64, trace: &mut Trace) {
+        let broker = self.rng.gen_range(1..=self.brokers);
+        // Another member (a stranger only in a one-broker cluster).
+        let claim = broker % self.brokers + 1;
+        let kind = self.rng.gen_range(0..64);
+        // Mostly the controller's group, which every broker hosts.
+        let group = match self.rng.gen_bool(0.5) {
+            true => 0,
+            false => self.rng.gen_range(1..=8),
+        };
+        self.requests.push(Request::Forge {
+            broker,
+            claim,
+            kind,
+            group,
+        });
+        let line = format!("nemesis forge to b{broker} as b{claim}: kind {kind}, group {group}");
         trace.push(now as u128, line);
     }
 
@@ -424,7 +467,7 @@ impl Nemesis {
                 Active::Lossy(b, links)
             }
             // Continuous, not an episode: never among the weights.
-            FaultKind::Disk | FaultKind::Transfer => return None,
+            FaultKind::Disk | FaultKind::Transfer | FaultKind::Forge => return None,
         };
         Some(active)
     }

@@ -19,12 +19,15 @@ struct Setting {
     duration_s: u64,
     /// Power losses only, rather than the default faults.
     power_only: bool,
+    /// Forged peer frames only, rather than the default faults.
+    forge_only: bool,
 }
 
 /// The usual setting: short runs under the default faults.
 const DEFAULT: Setting = Setting {
     duration_s: 5,
     power_only: false,
+    forge_only: false,
 };
 
 /// skip-seal-sync loses only what is appended to a segment just before it
@@ -34,6 +37,15 @@ const DEFAULT: Setting = Setting {
 const POWER_AFTER_ROLLS: Setting = Setting {
     duration_s: 10,
     power_only: true,
+    forge_only: false,
+};
+
+/// trust-peers shows only when someone sends hostile peer frames: the
+/// `forge` fault, alone.
+const FORGED: Setting = Setting {
+    duration_s: 10,
+    power_only: false,
+    forge_only: true,
 };
 
 fn options(seed: u64, bugs: u32, setting: Setting) -> Options {
@@ -45,6 +57,9 @@ fn options(seed: u64, bugs: u32, setting: Setting) -> Options {
     };
     if setting.power_only {
         o.faults = vec![FaultKind::Power];
+    }
+    if setting.forge_only {
+        o.faults = vec![FaultKind::Forge];
     }
     o
 }
@@ -67,7 +82,9 @@ fn injected_bugs_are_found_and_the_clean_broker_passes() {
     // the replica comparison can find it. skip-seal-sync shows as acked
     // records lost with a sealed segment's tail (lost-write), often with
     // partitions that take no writes after the faults stop (unavailable).
-    let cases: [(u32, Setting, &[&str]); 5] = [
+    // trust-peers lets a forged heartbeat or proposal make raft-rs panic in
+    // a broker's driver: its partitions then take no writes (unavailable).
+    let cases: [(u32, Setting, &[&str]); 6] = [
         (weir::bugs::ACK_BEFORE_COMMIT, DEFAULT, &["lost-write"]),
         (
             weir::bugs::FETCH_BEYOND_HW,
@@ -89,10 +106,11 @@ fn injected_bugs_are_found_and_the_clean_broker_passes() {
             POWER_AFTER_ROLLS,
             &["lost-write", "unavailable"],
         ),
+        (weir::bugs::TRUST_PEERS, FORGED, &["unavailable"]),
     ];
     // The clean broker must pass every seed a bug was looked for in, in
     // that bug's setting: (duration, power only) -> the highest such seed.
-    let mut clean: BTreeMap<(u64, bool), u64> = BTreeMap::new();
+    let mut clean: BTreeMap<(u64, bool, bool), u64> = BTreeMap::new();
     for (bug, setting, anomalies) in cases {
         let (seed, found) = first_failure(bug, setting)
             .unwrap_or_else(|| panic!("bug {bug} not found in {SEEDS} seeds"));
@@ -101,20 +119,22 @@ fn injected_bugs_are_found_and_the_clean_broker_passes() {
             "bug {bug}: {found:?}"
         );
         let last = clean
-            .entry((setting.duration_s, setting.power_only))
+            .entry((setting.duration_s, setting.power_only, setting.forge_only))
             .or_default();
         *last = (*last).max(seed);
     }
-    for ((duration_s, power_only), last_seed) in clean {
+    for ((duration_s, power_only, forge_only), last_seed) in clean {
         let setting = Setting {
             duration_s,
             power_only,
+            forge_only,
         };
         for seed in 0..=last_seed {
             let r = run(&options(seed, 0, setting));
             assert!(
                 r.passed(),
-                "clean seed {seed} ({duration_s} s, power only: {power_only}): {:?} {:?}",
+                "clean seed {seed} ({duration_s} s, power only: {power_only}, \
+                 forge only: {forge_only}): {:?} {:?}",
                 r.error,
                 r.report.anomalies
             );

@@ -73,6 +73,8 @@ const KEYS: &[&str] = &[
     "group_commit_gap_us",
     "group_commit_busy_bytes_per_sec",
     "page_cache_keep_bytes",
+    "max_peer_connections",
+    "peer_read_timeout_ms",
 ];
 
 fn boolean(key: &str, v: &str) -> Result<bool, String> {
@@ -214,6 +216,12 @@ fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
     }
     if let Some(v) = s.get("max_request_bytes_in_flight") {
         broker.limits.request_bytes_in_flight_max = number("max_request_bytes_in_flight", v)?;
+    }
+    if let Some(v) = s.get("max_peer_connections") {
+        broker.peer_limits.connections_max = number("max_peer_connections", v)?;
+    }
+    if let Some(v) = s.get("peer_read_timeout_ms") {
+        broker.peer_limits.read_timeout_ms = number("peer_read_timeout_ms", v)?;
     }
     broker.validate().map_err(|e| e.to_string())?;
     let log_level = logging::parse_level(&get("log_level", "info"))?;
@@ -375,5 +383,28 @@ mod tests {
         let mut a = args();
         a.log_level = Some("loud".into());
         assert!(resolve(&a).unwrap_err().contains("loud"));
+    }
+
+    #[test]
+    fn peer_limits_are_settings_with_bounds() {
+        let settings = |text: &str| {
+            let mut s = parse_config_file(text).unwrap();
+            s.insert("peers".into(), "1=a:1,2=b:1,3=c:1".into());
+            build(&s)
+        };
+        let r = settings("max_peer_connections = 8\npeer_read_timeout_ms = 5000\n").unwrap();
+        assert_eq!(r.broker.peer_limits.connections_max, 8);
+        assert_eq!(r.broker.peer_limits.read_timeout_ms, 5000);
+        for (text, key) in [
+            ("max_peer_connections = 0", "max_peer_connections is 0"),
+            ("max_peer_connections = 1", "between 2"),
+            ("max_peer_connections = 100000", "65536"),
+            ("peer_read_timeout_ms = 0", "peer_read_timeout_ms is 0"),
+            ("peer_read_timeout_ms = 999999999", "600000"),
+            ("peer_read_timeout_ms = soon", "peer_read_timeout_ms"),
+        ] {
+            let e = settings(text).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

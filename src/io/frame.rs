@@ -148,6 +148,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Changes the cap for the frames still to come (a peer connection
+    /// takes only a small first frame until it has said who it is).
+    pub fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
+    }
+
     /// The next frame's payload; `None` when the stream ends cleanly between
     /// frames. An end inside a frame is [`FrameError::Truncated`].
     ///

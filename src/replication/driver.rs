@@ -50,6 +50,7 @@
 //! only liveness in Raft, never safety, so a group ticked less can be late
 //! to notice a failure, never wrong.
 
+use super::peer_input::{self, PeerDrops};
 use super::raft_log::RaftLog;
 use super::timings::{Report, Timings};
 use crate::io::ClockRef;
@@ -356,6 +357,7 @@ pub struct StatusBoard {
     groups: Arc<Mutex<BTreeMap<u64, GroupStatus>>>,
     changed: watch::Receiver<u64>,
     timings: Timings,
+    peer_drops: PeerDrops,
 }
 
 impl StatusBoard {
@@ -383,6 +385,12 @@ impl StatusBoard {
     /// A receiver that sees a new value whenever a high watermark moves.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changed.clone()
+    }
+
+    /// Input from peers dropped as invalid, by the driver and the peer
+    /// listener (see [`peer_input`]).
+    pub fn peer_drops(&self) -> PeerDrops {
+        self.peer_drops.clone()
     }
 
     /// The driver's timings (rounds, group commits, tick lateness) since
@@ -454,6 +462,8 @@ pub struct Driver {
     last_fsync: tokio::time::Instant,
     persist: Persist,
     timings: Timings,
+    /// Peer messages dropped as invalid (shared with the peer listener).
+    peer_drops: PeerDrops,
 }
 
 /// The driver's side of the persister task, which runs one group commit
@@ -640,6 +650,7 @@ impl Driver {
         let (changed, watch_rx) = watch::channel(0);
         let board = Arc::new(Mutex::new(BTreeMap::new()));
         let timings = Timings::new();
+        let peer_drops = PeerDrops::default();
         let rng = ChaCha8Rng::seed_from_u64(config.seed);
         // One job in flight and one more queued at most: the driver sends
         // the next only after the last is done.
@@ -676,11 +687,13 @@ impl Driver {
             last_fsync: tokio::time::Instant::now(),
             persist,
             timings: timings.clone(),
+            peer_drops: peer_drops.clone(),
         };
         let status = StatusBoard {
             groups: board,
             changed: watch_rx,
             timings,
+            peer_drops,
         };
         (driver, tx, status)
     }
@@ -884,7 +897,26 @@ impl Driver {
                 // table says so, and Raft resends.
                 continue;
             };
-            if g.failed.is_some() || msg.from != from {
+            if g.failed.is_some() {
+                continue;
+            }
+            let invalid = match crate::bugs::on(crate::bugs::TRUST_PEERS) {
+                true => None,
+                false => peer_input::check(&g.node.raft, from, &msg).err(),
+            };
+            if let Some(reason) = invalid {
+                self.peer_drops.note(reason, &self.logger, &|| {
+                    format!(
+                        "group {id}, {:?} from {} (connection of broker {from}) to {}, \
+                         term {}, index {}, commit {}",
+                        msg.get_msg_type(),
+                        msg.from,
+                        msg.to,
+                        msg.term,
+                        msg.index,
+                        msg.commit
+                    )
+                });
                 continue;
             }
             if is_vote_request(&msg) {
@@ -894,8 +926,35 @@ impl Driver {
                 // heartbeats tell the replica who leads.
                 g.settled_ticks = 0;
             }
-            if let Err(e) = g.node.step(msg) {
-                slog::debug!(self.logger, "step failed"; "group" => id, "error" => %e);
+            // What the checks do not foresee and raft-rs panics on stops
+            // this group only (fail-stop, as for a storage error), never the
+            // driver and every other group with it. The node is never
+            // stepped or ticked again, so its state after the unwind does
+            // not matter.
+            let msg_type = msg.get_msg_type();
+            let stepped = match crate::bugs::on(crate::bugs::TRUST_PEERS) {
+                true => Ok(g.node.step(msg)),
+                false => {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.node.step(msg)))
+                }
+            };
+            match stepped {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    slog::debug!(self.logger, "step failed"; "group" => id, "error" => %e);
+                }
+                Err(panic) => {
+                    let what = panic_message(&panic);
+                    self.peer_drops
+                        .note(peer_input::Invalid::StepPanicked, &self.logger, &|| {
+                            format!("group {id}, {msg_type:?} from broker {from}: {what}")
+                        });
+                    self.fail_group(
+                        id,
+                        format!("raft-rs panicked on a {msg_type:?} from broker {from} ({what})"),
+                    );
+                    continue;
+                }
             }
             self.observe(id);
         }
@@ -1507,6 +1566,17 @@ fn propose_bytes(node: &mut RawNode<RaftLog>, data: bytes::Bytes) -> raft::Resul
     };
     m.set_entries(vec![entry].into());
     node.raft.step(m)
+}
+
+/// The message of a caught panic, for the log.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
 }
 
 fn is_vote_request(m: &Message) -> bool {

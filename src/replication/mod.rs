@@ -19,6 +19,7 @@
 //!   by hand so that each message is written straight into its frame.
 
 pub mod driver;
+pub mod peer_input;
 pub mod raft_frame;
 pub mod raft_log;
 pub mod timings;

@@ -749,7 +749,7 @@ fn encode_snapshot_data(start_offset: i64) -> Bytes {
     Bytes::copy_from_slice(&start_offset.to_be_bytes())
 }
 
-fn decode_snapshot_data(data: &[u8]) -> Result<i64> {
+pub(crate) fn decode_snapshot_data(data: &[u8]) -> Result<i64> {
     let bytes: [u8; 8] = data.try_into().map_err(|_| {
         StorageError::Invalid(format!(
             "snapshot data is {} bytes, expected an 8-byte log start offset",

@@ -8,6 +8,7 @@
 //! that cannot connect drops what it holds and retries with backoff.
 
 use super::driver::{Input, Liveness, Outbound};
+use super::peer_input::{Invalid, PeerDrops};
 use super::raft_frame;
 use crate::io::frame::{self, FrameReader};
 use crate::io::net::{BoxStream, Listener, NetworkRef};
@@ -266,7 +267,7 @@ impl Link {
                 },
             };
             if conn.is_none() {
-                match self.net.connect(&self.addr).await {
+                match self.connect().await {
                     Ok(s) => {
                         conn = Some((s, self.view.incarnation(self.peer)));
                         backoff_ms = BACKOFF_MS_MIN;
@@ -304,6 +305,23 @@ impl Link {
                     }
                 }
             }
+        }
+    }
+
+    /// A new connection to the peer, which has heard who this is: a peer
+    /// takes only a small first frame from a connection until it names a
+    /// member (see [`FIRST_FRAME_BYTES_MAX`]).
+    async fn connect(&self) -> std::io::Result<BoxStream> {
+        let mut stream = self.net.connect(&self.addr).await?;
+        let hello = hello(self.self_id, self.incarnation).map_err(std::io::Error::other)?;
+        let timeout = Duration::from_millis(WRITE_TIMEOUT_MS);
+        match tokio::time::timeout(timeout, frame::write_encoded(&mut stream, &[hello])).await {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(e)) => Err(std::io::Error::other(e)),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "writing the hello to a peer timed out",
+            )),
         }
     }
 
@@ -392,6 +410,59 @@ fn frame_worth<'a>(
     n
 }
 
+/// Limits of the peer listener (broker settings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// Peer connections open at once (`max_peer_connections`); more are
+    /// closed as they come.
+    pub connections_max: usize,
+    /// How long a peer connection may go without completing a frame
+    /// (`peer_read_timeout_ms`): both the wait for a frame's body once its
+    /// header arrived and the silence of an idle or never-identified
+    /// connection. A live peer sends a leader report every 500 ms, so a
+    /// healthy link is never silent this long.
+    pub read_timeout_ms: u64,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            connections_max: 64,
+            read_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The largest first frame of a peer connection: the hello links send
+/// before anything else, naming the broker (a few bytes). Until a
+/// connection said who it is, it cannot make this broker buffer more.
+pub const FIRST_FRAME_BYTES_MAX: usize = 64 * 1024;
+/// Connections open at once that claim to be the same broker: its one
+/// link, and a few older ones its restarts left behind until they time
+/// out. Others wait their turn (the link retries).
+pub const CONNECTIONS_PER_PEER_MAX: usize = 4;
+
+/// The frame a link writes first on every connection: who it is.
+fn hello(self_id: u64, incarnation: u64) -> Result<Vec<u8>, frame::FrameError> {
+    let m = PeerMessage {
+        from: self_id,
+        incarnation,
+        body: None,
+    };
+    frame::encode_message(&m).map(Vec::from)
+}
+
+/// What the peer listener checks connections against.
+pub struct PeerListener {
+    /// This broker.
+    pub self_id: u64,
+    /// The brokers that may connect: the cluster's members.
+    pub members: std::collections::BTreeSet<u64>,
+    pub limits: PeerLimits,
+    /// Where dropped input is counted.
+    pub drops: PeerDrops,
+}
+
 /// Accepts peer connections and feeds what they carry to the driver and
 /// the controller. Runs until the listener fails.
 pub async fn serve_peers(
@@ -399,8 +470,12 @@ pub async fn serve_peers(
     driver: mpsc::Sender<Input>,
     proposals: ProposeSink,
     view: PeerView,
+    config: PeerListener,
     logger: Logger,
 ) {
+    let config = Arc::new(config);
+    let open = Arc::new(tokio::sync::Semaphore::new(config.limits.connections_max));
+    let per_peer: Arc<Mutex<BTreeMap<u64, usize>>> = Arc::default();
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(conn) => conn,
@@ -410,43 +485,150 @@ pub async fn serve_peers(
                 continue;
             }
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            // Closed at once (dropped): a flood of connections costs a
+            // socket each for an instant, never a reader.
+            config.drops.note(Invalid::ConnectionLimit, &logger, &|| {
+                format!(
+                    "{} peer connections open (max_peer_connections); closed one from {addr}",
+                    config.limits.connections_max
+                )
+            });
+            continue;
+        };
         let log = logger.new(slog::o!("remote" => addr));
         let peer = PeerReader {
             driver: driver.clone(),
             proposals: proposals.clone(),
             view: view.clone(),
+            config: config.clone(),
+            per_peer: per_peer.clone(),
             logger: log,
         };
-        tokio::spawn(peer.run(stream));
+        tokio::spawn(async move {
+            peer.run(stream).await;
+            drop(permit);
+        });
     }
 }
 
-/// Reads one peer connection until it closes or sends garbage.
+/// A connection's claim on one of its broker's connection slots, given
+/// back when the connection ends.
+struct PeerSlot {
+    peer: u64,
+    slots: Arc<Mutex<BTreeMap<u64, usize>>>,
+}
+
+impl PeerSlot {
+    fn take(slots: &Arc<Mutex<BTreeMap<u64, usize>>>, peer: u64) -> Option<PeerSlot> {
+        let mut map = slots.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(peer).or_insert(0);
+        if *n >= CONNECTIONS_PER_PEER_MAX {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peer,
+            slots: slots.clone(),
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Reads one peer connection until it closes, sends garbage, lies about
+/// who it is or stalls.
 struct PeerReader {
     driver: mpsc::Sender<Input>,
     proposals: ProposeSink,
     view: PeerView,
+    config: Arc<PeerListener>,
+    per_peer: Arc<Mutex<BTreeMap<u64, usize>>>,
     logger: Logger,
 }
 
 impl PeerReader {
     async fn run(self, stream: BoxStream) {
-        let mut reader = FrameReader::new(stream);
+        // Until the connection names a member, frames stay small: a
+        // stranger cannot make this broker buffer what it claims to send.
+        let mut reader = FrameReader::with_max_bytes(stream, FIRST_FRAME_BYTES_MAX);
+        let timeout = Duration::from_millis(self.config.limits.read_timeout_ms);
+        let drops = &self.config.drops;
+        let mut identity: Option<PeerSlot> = None;
         loop {
-            let msg: PeerMessage = match reader.read_frame().await {
-                Ok(Some(bytes)) => match frame::decode_message(bytes) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        slog::warn!(self.logger, "closing peer connection: bad frame"; "error" => %e);
-                        return;
-                    }
-                },
-                Ok(None) => return,
-                Err(e) => {
-                    slog::warn!(self.logger, "closing peer connection"; "error" => %e);
+            let bytes = match tokio::time::timeout(timeout, reader.read_frame()).await {
+                Ok(Ok(Some(bytes))) => bytes,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    drops.note(Invalid::BadFrame, &self.logger, &|| {
+                        format!("closing peer connection: {e}")
+                    });
+                    return;
+                }
+                Err(_) => {
+                    drops.note(Invalid::ReadTimeout, &self.logger, &|| {
+                        format!(
+                            "closing peer connection: no whole frame in {} ms \
+                             (peer_read_timeout_ms)",
+                            timeout.as_millis()
+                        )
+                    });
                     return;
                 }
             };
+            let msg: PeerMessage = match frame::decode_message(bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    drops.note(Invalid::BadFrame, &self.logger, &|| {
+                        format!("closing peer connection: {e}")
+                    });
+                    return;
+                }
+            };
+            match &identity {
+                Some(slot) if slot.peer != msg.from => {
+                    let claimed = slot.peer;
+                    drops.note(Invalid::ForgedSender, &self.logger, &|| {
+                        format!(
+                            "closing peer connection: it said it was broker {claimed}, \
+                             then sent a frame from {}",
+                            msg.from
+                        )
+                    });
+                    return;
+                }
+                Some(_) => {}
+                None => {
+                    let from = msg.from;
+                    if from == self.config.self_id || !self.config.members.contains(&from) {
+                        drops.note(Invalid::UnknownPeer, &self.logger, &|| {
+                            format!("closing peer connection from unknown broker {from}")
+                        });
+                        return;
+                    }
+                    let Some(slot) = PeerSlot::take(&self.per_peer, from) else {
+                        drops.note(Invalid::ConnectionLimit, &self.logger, &|| {
+                            format!(
+                                "closing peer connection: broker {from} already has \
+                                 {CONNECTIONS_PER_PEER_MAX} open"
+                            )
+                        });
+                        return;
+                    };
+                    identity = Some(slot);
+                    reader.set_max_bytes(frame::FRAME_BYTES_MAX);
+                }
+            }
             if !self.handle(msg).await {
                 return;
             }
@@ -458,7 +640,7 @@ impl PeerReader {
         self.view.heard_from(msg.from, msg.incarnation);
         match msg.body {
             Some(peer_message::Body::Raft(batch)) => {
-                let messages = decode_raft(msg.from, batch, &self.logger);
+                let messages = decode_raft(batch, &self.config.drops, &self.logger);
                 let input = Input::Raft {
                     from: msg.from,
                     messages,
@@ -477,21 +659,25 @@ impl PeerReader {
                 self.view.note_report(msg.from, &report.groups);
                 true
             }
+            // A hello: heard from, nothing else to do.
             None => true,
         }
     }
 }
 
-fn decode_raft(from: u64, batch: RaftBatch, logger: &Logger) -> Vec<(u64, Message)> {
+/// The Raft messages of a batch; undecodable ones are dropped (the driver
+/// checks the rest, sender included).
+fn decode_raft(batch: RaftBatch, drops: &PeerDrops, logger: &Logger) -> Vec<(u64, Message)> {
     let mut out = Vec::with_capacity(batch.messages.len());
     for gm in batch.messages {
         // Entries' data share the frame's bytes instead of being copied
         // out: the log writes them from there (the frame lives as long as
         // raft-rs holds the entries, until they are persisted).
         match Message::parse_from_carllerche_bytes(&gm.message) {
-            Ok(m) if m.from == from => out.push((gm.group, m)),
-            Ok(_) => slog::warn!(logger, "dropping Raft message that claims another sender"),
-            Err(e) => slog::warn!(logger, "dropping undecodable Raft message"; "error" => %e),
+            Ok(m) => out.push((gm.group, m)),
+            Err(e) => drops.note(Invalid::BadFrame, logger, &|| {
+                format!("undecodable Raft message for group {}: {e}", gm.group)
+            }),
         }
     }
     out
@@ -545,6 +731,11 @@ mod tests {
         assert!(links.send(2, LinkItem::Raft(batch)));
         let (stream, _) = listener.accept().await.unwrap();
         let mut frames = frame::FrameReader::new(stream);
+        // First the hello, naming the sender.
+        let hello = frames.read_frame().await.unwrap().unwrap();
+        assert!(hello.len() <= FIRST_FRAME_BYTES_MAX);
+        let m: crate::proto::PeerMessage = frame::decode_message(hello).unwrap();
+        assert_eq!((m.from, m.incarnation, m.body), (1, 1, None));
         let mut indexes = Vec::new();
         while indexes.len() < 24 {
             let f = frames.read_frame().await.unwrap().unwrap();
@@ -589,6 +780,134 @@ mod tests {
         tokio::time::advance(Duration::from_millis(QUIESCENT_TRUST_MS + 1)).await;
         assert!(!view.confirms_leader(8, 2, 1));
         assert!(!view.broker_live(2));
+    }
+
+    /// A peer listener of broker 1 in a cluster of 1, 2, 3, and the
+    /// driver's end of it.
+    async fn listener(
+        limits: PeerLimits,
+    ) -> (
+        String,
+        mpsc::Receiver<Input>,
+        PeerDrops,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let net: NetworkRef = Arc::new(crate::io::net::TcpNetwork::new());
+        let listener = net.bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (driver, inputs) = mpsc::channel(16);
+        let (proposals, _) = mpsc::channel(1);
+        let drops = PeerDrops::default();
+        let config = PeerListener {
+            self_id: 1,
+            members: [1, 2, 3].into(),
+            limits,
+            drops: drops.clone(),
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let task = tokio::spawn(serve_peers(
+            listener,
+            driver,
+            proposals,
+            PeerView::default(),
+            config,
+            logger,
+        ));
+        (addr, inputs, drops, task)
+    }
+
+    async fn closed(s: &mut tokio::net::TcpStream) -> bool {
+        closed_within(s, Duration::from_secs(5)).await
+    }
+
+    async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(within, s.read(&mut buf)).await;
+        matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+    }
+
+    fn raft_frame_from(from: u64, group: u64) -> Vec<u8> {
+        let (frames, _) =
+            raft_frame::encode(from, 1, &[append(group, 1, 10)], 1 << 20, 1 << 20).unwrap();
+        frames.into_iter().next().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_connection_must_name_a_member_and_keep_its_name() {
+        use tokio::io::AsyncWriteExt;
+        let (addr, mut inputs, drops, task) = listener(PeerLimits::default()).await;
+
+        // A stranger, and this broker's own id: closed.
+        for id in [9, 1] {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(&raft_frame_from(id, 5)).await.unwrap();
+            assert!(closed(&mut s).await, "broker {id} accepted");
+        }
+        assert_eq!(drops.counts().get("unknown_peer"), Some(&2));
+
+        // A first frame announcing more than a hello: closed on its header.
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(&(8u32 << 20).to_be_bytes()).await.unwrap();
+        assert!(closed(&mut s).await, "a large first frame was awaited");
+        assert_eq!(drops.counts().get("bad_frame"), Some(&1));
+
+        // Broker 2: its hello, then its messages reach the driver; a frame
+        // from broker 3 on its connection closes it.
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(&hello(2, 7).unwrap()).await.unwrap();
+        s.write_all(&raft_frame_from(2, 5)).await.unwrap();
+        match inputs.recv().await {
+            Some(Input::Raft { from, messages }) => {
+                assert_eq!((from, messages.len(), messages[0].0), (2, 1, 5));
+            }
+            _ => panic!("no Raft input"),
+        }
+        s.write_all(&raft_frame_from(3, 5)).await.unwrap();
+        assert!(closed(&mut s).await, "a connection changed its name");
+        assert_eq!(drops.counts().get("forged_sender"), Some(&1));
+        assert!(inputs.try_recv().is_err(), "the forged frame got through");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limits_and_silent_ones_are_closed() {
+        use tokio::io::AsyncWriteExt;
+        let limits = PeerLimits {
+            connections_max: 5,
+            read_timeout_ms: 1_500,
+        };
+        let (addr, _inputs, drops, task) = listener(limits).await;
+        let soon = Duration::from_millis(500);
+        // Five connections say they are broker 2: the fifth is one too many
+        // for one broker.
+        let mut named = Vec::new();
+        for _ in 0..5 {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(&hello(2, 1).unwrap()).await.unwrap();
+            named.push(s);
+        }
+        assert!(
+            closed_within(&mut named[4], soon).await,
+            "a fifth connection of broker 2"
+        );
+        // Five open at most: one more (silent) fits, the next does not.
+        let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        assert!(
+            closed_within(&mut extra, soon).await,
+            "a connection beyond the limit"
+        );
+        assert_eq!(drops.counts().get("connection_limit"), Some(&2));
+        assert!(
+            !closed_within(&mut silent, Duration::from_millis(100)).await,
+            "closed before its time"
+        );
+        // Silence: closed after the read timeout.
+        assert!(closed(&mut silent).await, "a silent connection stayed open");
+        assert!(drops.counts().get("read_timeout") >= Some(&1));
+        task.abort();
     }
 
     #[test]

@@ -37,6 +37,21 @@ pub const LIVENESS_WINDOW_MS: u64 = 3_000;
 pub struct Metadata {
     table: Arc<Mutex<TopicTable>>,
     version: Arc<watch::Sender<u64>>,
+    progress: Arc<Mutex<Progress>>,
+}
+
+/// How far the table has caught up, for readiness after a restart.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The controller group's commit index persisted before this start:
+    /// the table this broker had is at least that new.
+    start_commit: u64,
+    /// Index and term of the last entry handed to the table.
+    applied: u64,
+    applied_term: u64,
+    /// Latched once reached: a ready broker stays ready (later lag behind
+    /// the controller leader is ordinary follower lag, as in Kafka).
+    ready: bool,
 }
 
 impl Default for Metadata {
@@ -44,6 +59,7 @@ impl Default for Metadata {
         Metadata {
             table: Arc::new(Mutex::new(TopicTable::default())),
             version: Arc::new(watch::channel(0).0),
+            progress: Default::default(),
         }
     }
 }
@@ -56,6 +72,63 @@ impl Metadata {
 
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
+    }
+
+    /// Sets the controller group's commit index persisted before this
+    /// start, which the table must reach before the broker answers from it.
+    pub fn set_start_commit(&self, commit: u64) {
+        self.progress().start_commit = commit;
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn note_applied(&self, index: u64, term: u64) {
+        let mut p = self.progress();
+        p.applied = p.applied.max(index);
+        p.applied_term = p.applied_term.max(term);
+    }
+
+    /// Whether this broker may answer metadata and topic questions: its
+    /// table is at least as new as the one it had before it (re)started.
+    ///
+    /// That takes (1) every controller entry committed before the restart
+    /// applied again (the persisted commit index), and (2) a controller
+    /// leader known to this broker, with an entry of that leader's term
+    /// applied here: a new leader commits an empty entry of its term first,
+    /// and applying it means everything committed by earlier leaders is in
+    /// the table, including what was committed before the restart but not
+    /// yet recorded in this broker's persisted commit index. Until then the
+    /// broker answers BROKER_NOT_READY and clients retry. Without a
+    /// controller quorum a restarted broker stays not ready: it cannot know
+    /// what it missed.
+    pub fn ready(&self, board: &StatusBoard) -> Result<(), String> {
+        let mut p = self.progress();
+        if p.ready {
+            return Ok(());
+        }
+        let status = board.get(CONTROLLER_GROUP).unwrap_or_default();
+        if p.applied < p.start_commit {
+            return Err(format!(
+                "the broker is replaying its cluster metadata (entry {} of {}); retry in a moment",
+                p.applied, p.start_commit
+            ));
+        }
+        if status.leader == 0 {
+            return Err(
+                "the broker has not yet heard from a controller leader since it started;                  retry in a moment"
+                    .into(),
+            );
+        }
+        if p.applied_term < status.term {
+            return Err(format!(
+                "the broker is catching up with the cluster metadata of controller leader {}                  (term {}); retry in a moment",
+                status.leader, status.term
+            ));
+        }
+        p.ready = true;
+        Ok(())
     }
 
     fn apply(&self, cmd: &ControllerCommand) {
@@ -74,6 +147,10 @@ pub struct ControllerApply {
 }
 
 impl Apply for ControllerApply {
+    fn applied_to(&mut self, index: u64, term: u64) {
+        self.metadata.note_applied(index, term);
+    }
+
     fn apply(&mut self, index: u64, batch: &RecordBatch) {
         let records = match batch.records() {
             Ok(r) => r,

@@ -88,7 +88,11 @@ fn restart_then_consume_and_list_never_says_the_topic_does_not_exist() {
         ok(&client, &["topic", "create", t, "--partitions", "2"], "");
     }
     let records: Vec<String> = (0..200).map(|i| format!("record-{i}")).collect();
-    ok(&client, &["produce", "events"], &(records.join("\n") + "\n"));
+    ok(
+        &client,
+        &["produce", "events"],
+        &(records.join("\n") + "\n"),
+    );
 
     for round in 0..3 {
         // A hard stop, then a start on the same directory and ports.
@@ -98,7 +102,10 @@ fn restart_then_consume_and_list_never_says_the_topic_does_not_exist() {
         let list = weir(&client, &["topic", "list"], "");
         let stdout = String::from_utf8_lossy(&list.stdout);
         let stderr = String::from_utf8_lossy(&list.stderr);
-        assert!(list.status.success(), "round {round}: list failed: {stderr}");
+        assert!(
+            list.status.success(),
+            "round {round}: list failed: {stderr}"
+        );
         for t in ["a", "b", "events"] {
             assert!(
                 stdout.lines().any(|l| l.trim() == t),
@@ -126,7 +133,10 @@ fn restart_then_consume_and_list_never_says_the_topic_does_not_exist() {
             !stderr.contains("does not exist"),
             "round {round}: a restarted broker said the topic does not exist: {stderr}"
         );
-        assert!(out.status.success(), "round {round}: consume failed: {stderr}");
+        assert!(
+            out.status.success(),
+            "round {round}: consume failed: {stderr}"
+        );
         let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(String::from)
@@ -134,6 +144,9 @@ fn restart_then_consume_and_list_never_says_the_topic_does_not_exist() {
         got.sort();
         let mut want = records.clone();
         want.sort();
-        assert_eq!(got, want, "round {round}: every record read after the restart");
+        assert_eq!(
+            got, want,
+            "round {round}: every record read after the restart"
+        );
     }
 }

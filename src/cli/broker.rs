@@ -332,6 +332,22 @@ mod tests {
     }
 
     #[test]
+    fn storage_min_free_bytes_parses_and_is_checked() {
+        let r = build(&parse_config_file("").unwrap()).unwrap();
+        assert_eq!(r.broker.storage_min_free_bytes, None);
+        let r = build(&parse_config_file("storage_min_free_bytes = 8388608\n").unwrap()).unwrap();
+        assert_eq!(r.broker.storage_min_free_bytes, Some(8 << 20));
+        let small = parse_config_file("storage_min_free_bytes = 4096\n").unwrap();
+        let e = build(&small).unwrap_err();
+        assert!(
+            e.contains("storage_min_free_bytes") && e.contains("1048576"),
+            "{e}"
+        );
+        let bad = parse_config_file("storage_min_free_bytes = lots\n").unwrap();
+        assert!(build(&bad).unwrap_err().contains("storage_min_free_bytes"));
+    }
+
+    #[test]
     fn defaults_are_the_documented_single_broker() {
         let r = resolve(&args()).unwrap();
         assert_eq!(r.broker.page_cache_keep_bytes, 64 << 20);

@@ -170,9 +170,8 @@ pub fn run(args: &ConsumeArgs) -> Result<String, String> {
                 // Without a timeout, say so on stderr now and then.
                 if let Some(e) = failing {
                     if idle >= FAILING_WARN_AFTER
-                        && warned_at.is_none_or(|w: tokio::time::Instant| {
-                            w.elapsed() >= FAILING_WARN_AFTER
-                        })
+                        && warned_at
+                            .is_none_or(|w: tokio::time::Instant| w.elapsed() >= FAILING_WARN_AFTER)
                     {
                         eprintln!("weir consume: fetching {} keeps failing: {e}", args.topic);
                         warned_at = Some(tokio::time::Instant::now());

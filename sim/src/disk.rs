@@ -64,8 +64,12 @@ pub struct SimDisk {
     unsynced: Arc<Mutex<Unsynced>>,
     /// What [`Disk::space`] reports, shared by the clones of this disk (a
     /// nemesis fills the disk by setting it); None: a disk that never fills.
-    space: Arc<Mutex<Option<DiskSpace>>>,
+    space: SpaceHandle,
 }
+
+/// What a [`SimDisk`] reports as its free space, shared with whoever fills
+/// it (None: a disk that never fills).
+pub type SpaceHandle = Arc<Mutex<Option<DiskSpace>>>;
 
 /// What this disk did that turmoil has not made durable yet, as far as the
 /// mitigations need to know.
@@ -90,6 +94,15 @@ impl SimDisk {
     /// A disk for the host that is running when its methods are called.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A disk whose reported space is `space`, shared with its owner: a
+    /// nemesis keeps the handle across restarts of the host.
+    pub fn with_space(space: SpaceHandle) -> Self {
+        SimDisk {
+            space,
+            ..Self::default()
+        }
     }
 
     /// Makes [`Disk::space`] report `space` (None: a disk that never fills)

@@ -328,7 +328,15 @@ impl Consumer {
                 None => match self.client.refresh_topic(&topic).await {
                     Ok(_) => match self.client.leader(&topic, partition) {
                         Some(l) => l,
-                        None => continue,
+                        None => {
+                            self.failing = Some(Error::Broker {
+                                code: ErrorCode::LeaderNotAvailable,
+                                message: format!(
+                                    "partition {topic}/{partition} has no leader right now"
+                                ),
+                            });
+                            continue;
+                        }
                     },
                     Err(e) if e.retriable() => {
                         self.failing = Some(e);

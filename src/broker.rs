@@ -262,6 +262,8 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
     tasks.spawn(driver.run());
 
     let metadata = Metadata::default();
+    // Ready once this start's registration is applied (`Metadata::ready`).
+    metadata.set_barrier(config.id, incarnation);
     add_controller_group(&config, &disk, &clock, &metadata, &driver_tx, &logger).await?;
 
     let (proposals_tx, proposals_rx) = tokio::sync::mpsc::channel(64);

@@ -150,3 +150,61 @@ fn restart_then_consume_and_list_never_says_the_topic_does_not_exist() {
         );
     }
 }
+
+/// In a cluster: a broker restarted after topics were created while it was
+/// down answers BROKER_NOT_READY until it has caught up, never "does not
+/// exist" from the table it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_never_answers_from_the_table_it_missed() {
+    use common::*;
+    use weir::proto::client_request::Body as Req;
+    use weir::proto::client_response::Body as Resp;
+    use weir::proto::{ErrorCode, MetadataRequest};
+
+    let mut cluster = Cluster::start(3).await;
+    let controller = wait_for_cluster(&cluster).await;
+    create_led(&cluster, "early", 1, 3).await;
+    let victim = (1..=3).find(|id| *id != controller).unwrap();
+    cluster.kill(victim);
+    let late: Vec<String> = (0..5).map(|i| format!("late-{i}")).collect();
+    for t in &late {
+        let created = admin(&cluster, create(t, 1, 1)).await;
+        assert!(created.error.is_none(), "create {t}: {:?}", created.error);
+    }
+    cluster.start_broker(victim).await;
+    let c = cluster.connect(victim).await;
+    let mut names = late.clone();
+    names.push("early".into());
+    let ask = Req::Metadata(MetadataRequest {
+        topics: names.clone(),
+    });
+    let mut not_ready = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "broker {victim} never became ready"
+        );
+        let resp = c.request(ask.clone(), TIMEOUT).await.expect("an answer");
+        if let Some(e) = resp.error {
+            assert_eq!(e.code, ErrorCode::BrokerNotReady as i32, "{e:?}");
+            not_ready += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            continue;
+        }
+        let Some(Resp::Metadata(m)) = resp.body else {
+            panic!("not a metadata answer")
+        };
+        for t in &m.topics {
+            assert!(
+                t.error.is_none(),
+                "restarted broker {victim} answered {:?} for {} (after {not_ready} not-ready answers)",
+                t.error,
+                t.name
+            );
+        }
+        assert_eq!(m.topics.len(), names.len());
+        break;
+    }
+    assert!(not_ready > 0, "the broker was asked before it was ready");
+}

@@ -8,7 +8,7 @@ use crate::cluster::backend::Backend;
 use crate::cluster::controller::{Controller, ControllerApply, Metadata, CONTROLLER_GROUP};
 use crate::io::net::NetworkRef;
 use crate::io::{ClockRef, DiskRef};
-use crate::partition::{PartitionService, Replicas};
+use crate::partition::{PartitionService, Replicas, SpaceGuard};
 use crate::proto::{peer_message, GroupLeader, LeaderReport, PeerMessage};
 use crate::replication::driver::{Driver, DriverConfig, GroupSpec, Input, StatusBoard};
 use crate::replication::raft_log::RaftLog;
@@ -63,6 +63,10 @@ pub struct BrokerConfig {
     /// Limits of the peer listener (`max_peer_connections`,
     /// `peer_read_timeout_ms`).
     pub peer_limits: transport::PeerLimits,
+    /// Free bytes kept on the data directory's filesystem: below it,
+    /// produces are refused (None: the default for the filesystem's size,
+    /// see [`crate::partition::space::default_min_free_bytes`]).
+    pub storage_min_free_bytes: Option<u64>,
 }
 
 impl BrokerConfig {
@@ -80,6 +84,7 @@ impl BrokerConfig {
             retention_check_ms: 60_000,
             page_cache_keep_bytes: crate::storage::LogConfig::default().page_cache_keep_bytes,
             peer_limits: transport::PeerLimits::default(),
+            storage_min_free_bytes: None,
         }
     }
 
@@ -104,6 +109,15 @@ impl BrokerConfig {
                  (1 MiB), or a broker could hold only a request or two at once",
                 self.limits.request_bytes_in_flight_max
             )));
+        }
+        if let Some(b) = self.storage_min_free_bytes {
+            let min = crate::partition::space::MIN_FREE_BYTES_MIN;
+            if b < min {
+                return Err(BrokerError::Config(format!(
+                    "storage_min_free_bytes is {b}; it must be at least {min} (1 MiB), \
+                     room for the controller's entries and Raft's hard states when the disk fills"
+                )));
+            }
         }
         if self.limits.connections_max == 0 || self.limits.in_flight_per_connection_max == 0 {
             return Err(BrokerError::Config(
@@ -232,6 +246,7 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
             config.data_dir.display()
         ))
     })?;
+    let space = space_guard(&config, &disk, &logger)?;
     let client_listener = net.bind(&config.listen).await.map_err(|e| {
         BrokerError::Io(format!(
             "cannot listen for clients on {}: {e}",
@@ -278,6 +293,8 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
     tasks.spawn(driver.run());
 
     let metadata = Metadata::default();
+    // Ready once this start's registration is applied (`Metadata::ready`).
+    metadata.set_barrier(config.id, incarnation);
     add_controller_group(&config, &disk, &clock, &metadata, &driver_tx, &logger).await?;
 
     let (proposals_tx, proposals_rx) = tokio::sync::mpsc::channel(64);
@@ -341,7 +358,8 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
     let services = Arc::new(Services {
         self_id: config.id,
         data_dir: config.data_dir.clone(),
-        partitions: PartitionService::new(replicas, board.clone(), driver_tx.clone()),
+        partitions: PartitionService::new(replicas, board.clone(), driver_tx.clone())
+            .with_space(space),
         controller,
         metadata: metadata.clone(),
         view,
@@ -365,6 +383,46 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
         metadata,
         logger,
     })
+}
+
+/// The disk space reserve for produces, checked against the data
+/// directory's filesystem: a reserve as large as the filesystem would
+/// refuse every write, so it stops the start instead.
+fn space_guard(
+    config: &BrokerConfig,
+    disk: &DiskRef,
+    logger: &slog::Logger,
+) -> Result<SpaceGuard, BrokerError> {
+    let space = match disk.space(&config.data_dir) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            slog::warn!(logger, "cannot tell the data directory's free space; the reserve \
+                applies once it can be read"; "error" => %e);
+            None
+        }
+    };
+    let min_free_bytes = match (config.storage_min_free_bytes, space) {
+        (Some(b), Some(s)) if b >= s.total_bytes => {
+            return Err(BrokerError::Config(format!(
+                "storage_min_free_bytes is {b} but the filesystem of {} holds only {} bytes; \
+                 set it below that (the default is 5% of the filesystem, at most 1 GiB)",
+                config.data_dir.display(),
+                s.total_bytes
+            )))
+        }
+        (Some(b), _) => b,
+        (None, Some(s)) => crate::partition::space::default_min_free_bytes(s.total_bytes),
+        (None, None) => crate::partition::space::DEFAULT_MIN_FREE_BYTES,
+    };
+    if let Some(s) = space {
+        slog::info!(logger, "disk space reserve"; "storage_min_free_bytes" => min_free_bytes,
+            "free_bytes" => s.free_bytes, "total_bytes" => s.total_bytes);
+    }
+    Ok(SpaceGuard::new(
+        disk.clone(),
+        config.data_dir.clone(),
+        min_free_bytes,
+    ))
 }
 
 /// Opens the controller group: voters are the first initial members (at
@@ -403,6 +461,13 @@ async fn add_controller_group(
                 dir.display()
             ))
         })?;
+    // The table this broker had before it stopped is at least as new as
+    // the persisted commit index: answer no metadata question before the
+    // replay reaches it (see `Metadata::ready`).
+    let start_commit = raft::Storage::initial_state(&log)
+        .map(|s| s.hard_state.commit)
+        .unwrap_or(0);
+    metadata.set_start_commit(start_commit);
     let apply = ControllerApply {
         metadata: metadata.clone(),
         logger: logger.clone(),

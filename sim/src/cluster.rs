@@ -6,7 +6,7 @@
 use crate::checker::{self, Report};
 use crate::history::{BatchSeen, History, Outcome, Poll, Probe, Rec, ReplicaCheck, Trace, Write};
 use crate::nemesis::{broker_host, FaultKind, Nemesis, Request};
-use crate::{SimDisk, SimNetwork};
+use crate::{SimDisk, SimNetwork, SpaceHandle};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -204,6 +204,10 @@ pub fn run(o: &Options) -> RunResult {
         config: nemesis.plan.disk,
         ..Disks::default()
     }));
+    for id in 1..=o.brokers {
+        let space = disks.borrow_mut().space.entry(id).or_default().clone();
+        nemesis.disk_space.insert(id, space);
+    }
     add_hosts(&mut sim, o, &world, &disks);
     nemesis.clients = client_hosts(o);
     let error = drive(&mut sim, o, &world, &mut nemesis, &disks);
@@ -425,6 +429,9 @@ struct Disks {
     on: bool,
     starts: u64,
     handles: Vec<FaultHandle>,
+    /// Each broker's reported disk space, kept across its restarts (the
+    /// `full` fault sets it).
+    space: BTreeMap<u64, SpaceHandle>,
 }
 
 type SharedDisks = Rc<RefCell<Disks>>;
@@ -433,11 +440,12 @@ type SharedDisks = Rc<RefCell<Disks>>;
 fn make_disk(disks: &SharedDisks, id: u64, seed: u64) -> DiskRef {
     let mut d = disks.borrow_mut();
     d.starts += 1;
+    let space = d.space.entry(id).or_default().clone();
     let Some(config) = d.config else {
-        return Arc::new(SimDisk::new());
+        return Arc::new(SimDisk::with_space(space));
     };
     let disk_seed = seed ^ (id << 48) ^ d.starts;
-    let faulty = FaultyDisk::new(Arc::new(SimDisk::new()), config, disk_seed);
+    let faulty = FaultyDisk::new(Arc::new(SimDisk::with_space(space)), config, disk_seed);
     faulty.set_enabled(d.on);
     d.handles.push(faulty.handle());
     Arc::new(faulty)
@@ -983,6 +991,9 @@ fn error_outcome(code: i32) -> Outcome {
         ErrorCode::InvalidRequest,
         ErrorCode::CorruptMessage,
         ErrorCode::MessageTooLarge,
+        // Both answered before anything is proposed.
+        ErrorCode::OutOfSpace,
+        ErrorCode::BrokerNotReady,
     ];
     if definite.iter().any(|c| *c as i32 == code) {
         Outcome::Failed

@@ -53,7 +53,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use turmoil::fs::shim::std::fs as simfs;
-use weir::io::{Disk, DiskFile, FileSync, OpenMode, SyncHandle};
+use weir::io::{Disk, DiskFile, DiskSpace, FileSync, OpenMode, SyncHandle};
 
 /// The unit the simulated disk writes whole or not at all.
 const SECTOR_BYTES: u64 = 512;
@@ -62,7 +62,14 @@ const SECTOR_BYTES: u64 = 512;
 #[derive(Debug, Default, Clone)]
 pub struct SimDisk {
     unsynced: Arc<Mutex<Unsynced>>,
+    /// What [`Disk::space`] reports, shared by the clones of this disk (a
+    /// nemesis fills the disk by setting it); None: a disk that never fills.
+    space: SpaceHandle,
 }
+
+/// What a [`SimDisk`] reports as its free space, shared with whoever fills
+/// it (None: a disk that never fills).
+pub type SpaceHandle = Arc<Mutex<Option<DiskSpace>>>;
 
 /// What this disk did that turmoil has not made durable yet, as far as the
 /// mitigations need to know.
@@ -87,6 +94,22 @@ impl SimDisk {
     /// A disk for the host that is running when its methods are called.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A disk whose reported space is `space`, shared with its owner: a
+    /// nemesis keeps the handle across restarts of the host.
+    pub fn with_space(space: SpaceHandle) -> Self {
+        SimDisk {
+            space,
+            ..Self::default()
+        }
+    }
+
+    /// Makes [`Disk::space`] report `space` (None: a disk that never fills)
+    /// on this disk and its clones. turmoil's filesystem has no size, so
+    /// this is how a simulation runs a broker out of space.
+    pub fn set_space(&self, space: Option<DiskSpace>) {
+        *lock(&self.space) = space;
     }
 
     /// Syncs the data of `path` if this disk left unsynced writes in it.
@@ -225,6 +248,10 @@ impl Disk for SimDisk {
     fn exists(&self, path: &Path) -> bool {
         simfs::exists(path)
     }
+
+    fn space(&self, _path: &Path) -> io::Result<DiskSpace> {
+        Ok(lock(&self.space).unwrap_or(DiskSpace::UNLIMITED))
+    }
 }
 
 /// A [`SimFile`]'s sync handle. The simulation runs one host at a time on
@@ -334,10 +361,10 @@ impl DiskFile for SimFile {
     }
 }
 
-fn lock(unsynced: &Mutex<Unsynced>) -> MutexGuard<'_, Unsynced> {
-    // The sets are only hints for extra syncs: whatever state a panicking
-    // holder left them in is safe to keep using.
-    unsynced.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // What these hold (hints for extra syncs, a reported space) is safe to
+    // keep using in whatever state a panicking holder left it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Adds the operation and path to `e`, and gives turmoil's errors, which are

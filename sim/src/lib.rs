@@ -24,7 +24,7 @@ pub mod nemesis;
 pub mod net;
 pub mod seeded;
 
-pub use disk::SimDisk;
+pub use disk::{SimDisk, SpaceHandle};
 pub use net::SimNetwork;
 
 /// The epoch time simulated runs start at (2023-11-14T22:13:20Z), so that

@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     available_within: u64,
     /// Faults to draw from: isolate, split, bridge, crash, delay, power, disk,
-    /// transfer, pause, lossy; or "none".
+    /// transfer, pause, lossy, full; or "none".
     #[arg(
         long,
         value_delimiter = ',',

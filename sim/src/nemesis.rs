@@ -2,12 +2,14 @@
 //! only place that holds the `Sim`).
 
 use crate::history::Trace;
+use crate::SpaceHandle;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
-use weir::io::{FaultConfig, FaultKind as DiskFault};
+use weir::io::{DiskSpace, FaultConfig, FaultKind as DiskFault};
 
 /// The kinds of fault a run may inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,10 +53,15 @@ pub enum FaultKind {
     /// another sender, a stranger's frame, garbage, a half-sent large
     /// frame). An action, like `transfer`. Opt-in (not in the default set).
     Forge,
+    /// One broker's disk reports less free space than its reserve
+    /// (`storage_min_free_bytes`) until the heal: it refuses produces with
+    /// OUT_OF_SPACE while it leads, and everything else goes on (turmoil's
+    /// filesystem has no size, so only the reported space changes).
+    Full,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::Isolate,
         FaultKind::Split,
         FaultKind::Bridge,
@@ -66,6 +73,7 @@ impl FaultKind {
         FaultKind::Pause,
         FaultKind::Lossy,
         FaultKind::Forge,
+        FaultKind::Full,
     ];
 
     /// The default set: all but `Disk`, whose storage errors still make
@@ -95,6 +103,7 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Lossy => "lossy",
             FaultKind::Forge => "forge",
+            FaultKind::Full => "full",
         }
     }
 
@@ -102,6 +111,11 @@ impl FaultKind {
         FaultKind::ALL.into_iter().find(|k| k.name() == s)
     }
 }
+
+/// What a full disk (the `full` fault) reports: less free space than the
+/// default reserve of a disk this size (5%, at most 1 GiB).
+const FULL_FREE_BYTES: u64 = 256 << 20;
+const FULL_TOTAL_BYTES: u64 = 64 << 30;
 
 /// The host name of broker `id`.
 pub fn broker_host(id: u64) -> String {
@@ -218,6 +232,8 @@ enum Active {
     Paused(u64),
     /// The lossy broker and the maximum latency of each of its links.
     Lossy(u64, Vec<(String, u64)>),
+    /// The broker whose disk reports itself full.
+    Full(u64),
 }
 
 impl Active {
@@ -230,6 +246,7 @@ impl Active {
             Active::Slow(_) => FaultKind::Delay,
             Active::Paused(_) => FaultKind::Pause,
             Active::Lossy(..) => FaultKind::Lossy,
+            Active::Full(_) => FaultKind::Full,
         }
     }
 
@@ -245,9 +262,11 @@ impl Active {
     /// (cuts have none: a crash during a split is the point).
     fn victim(&self) -> Option<u64> {
         match self {
-            Active::Crashed(b) | Active::Slow(b) | Active::Paused(b) | Active::Lossy(b, _) => {
-                Some(*b)
-            }
+            Active::Crashed(b)
+            | Active::Slow(b)
+            | Active::Paused(b)
+            | Active::Lossy(b, _)
+            | Active::Full(b) => Some(*b),
             Active::Cut(..) | Active::PowerLoss => None,
         }
     }
@@ -270,6 +289,9 @@ pub struct Nemesis {
     pub clients: Vec<String>,
     /// Requests for the admin client, taken by the caller.
     pub requests: Vec<Request>,
+    /// Each broker's disk space as its SimDisk reports it (for `full`),
+    /// set by the caller.
+    pub disk_space: BTreeMap<u64, SpaceHandle>,
 }
 
 impl Nemesis {
@@ -287,6 +309,7 @@ impl Nemesis {
             partitions: 0,
             clients: Vec::new(),
             requests: Vec::new(),
+            disk_space: BTreeMap::new(),
         }
     }
 
@@ -456,6 +479,7 @@ impl Nemesis {
             FaultKind::Power => Active::PowerLoss,
             FaultKind::Delay => Active::Slow(self.random_broker()?),
             FaultKind::Pause => Active::Paused(self.leader_or_random(0.5)?),
+            FaultKind::Full => Active::Full(self.leader_or_random(0.75)?),
             FaultKind::Lossy => {
                 let b = self.leader_or_random(0.5)?;
                 let base = self.plan.max_latency_ms;
@@ -515,8 +539,23 @@ impl Nemesis {
                     maxima.join(" ")
                 )
             }
+            Active::Full(b) => {
+                self.set_full(*b, true);
+                format!("nemesis full b{b}: its disk reports {FULL_FREE_BYTES} bytes free")
+            }
         };
         trace.push(now as u128, line);
+    }
+
+    /// Makes broker `b`'s disk report itself full (below the default
+    /// reserve of 1 GiB), or never full again.
+    fn set_full(&self, b: u64, full: bool) {
+        if let Some(h) = self.disk_space.get(&b) {
+            *h.lock().unwrap_or_else(|e| e.into_inner()) = full.then_some(DiskSpace {
+                free_bytes: FULL_FREE_BYTES,
+                total_bytes: FULL_TOTAL_BYTES,
+            });
+        }
     }
 
     /// Every link of `b` gets maximum latency `ms`.
@@ -582,6 +621,10 @@ impl Nemesis {
                     links.into_iter().map(|(h, _)| (h, base)).collect();
                 set_lossy(sim, b, &restored, 0.0);
                 format!("nemesis lossless b{b}")
+            }
+            Active::Full(b) => {
+                self.set_full(b, false);
+                format!("nemesis space freed on b{b}")
             }
         };
         trace.push(now as u128, line);

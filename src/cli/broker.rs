@@ -75,6 +75,7 @@ const KEYS: &[&str] = &[
     "page_cache_keep_bytes",
     "max_peer_connections",
     "peer_read_timeout_ms",
+    "storage_min_free_bytes",
 ];
 
 fn boolean(key: &str, v: &str) -> Result<bool, String> {
@@ -201,6 +202,9 @@ fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
     }
     if let Some(v) = s.get("page_cache_keep_bytes") {
         broker.page_cache_keep_bytes = number("page_cache_keep_bytes", v)?;
+    }
+    if let Some(v) = s.get("storage_min_free_bytes") {
+        broker.storage_min_free_bytes = Some(number("storage_min_free_bytes", v)?);
     }
     if let Some(v) = s.get("retention_check_ms") {
         broker.retention_check_ms = number("retention_check_ms", v)?;
@@ -333,6 +337,22 @@ mod tests {
         assert!(build(&small).unwrap_err().contains("at least 1048576"));
         let none = parse_config_file("max_in_flight_per_connection = 0\n").unwrap();
         assert!(build(&none).unwrap_err().contains("at least 1"));
+    }
+
+    #[test]
+    fn storage_min_free_bytes_parses_and_is_checked() {
+        let r = build(&parse_config_file("").unwrap()).unwrap();
+        assert_eq!(r.broker.storage_min_free_bytes, None);
+        let r = build(&parse_config_file("storage_min_free_bytes = 8388608\n").unwrap()).unwrap();
+        assert_eq!(r.broker.storage_min_free_bytes, Some(8 << 20));
+        let small = parse_config_file("storage_min_free_bytes = 4096\n").unwrap();
+        let e = build(&small).unwrap_err();
+        assert!(
+            e.contains("storage_min_free_bytes") && e.contains("1048576"),
+            "{e}"
+        );
+        let bad = parse_config_file("storage_min_free_bytes = lots\n").unwrap();
+        assert!(build(&bad).unwrap_err().contains("storage_min_free_bytes"));
     }
 
     #[test]

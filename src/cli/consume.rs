@@ -107,6 +107,10 @@ fn record_json(r: &ConsumerRecord) -> Json {
     ])
 }
 
+/// How long fetches fail before a consumer without --timeout-ms says so on
+/// stderr (and again every such interval).
+const FAILING_WARN_AFTER: Duration = Duration::from_secs(10);
+
 pub fn run(args: &ConsumeArgs) -> Result<String, String> {
     let config = args.client.config().map_err(|e| e.to_string())?;
     let out = args.client.output;
@@ -132,6 +136,7 @@ pub fn run(args: &ConsumeArgs) -> Result<String, String> {
         let idle_limit = args.timeout_ms.map(Duration::from_millis);
         let mut printed = 0u64;
         let mut idle_since = tokio::time::Instant::now();
+        let mut warned_at = None;
         let stdout = std::io::stdout();
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
@@ -147,9 +152,29 @@ pub fn run(args: &ConsumeArgs) -> Result<String, String> {
                 _ = &mut ctrl_c => break,
             };
             if records.is_empty() {
+                let idle = idle_since.elapsed();
+                // Fetches failing all along are an error, not an empty topic.
+                let failing = consumer.failing().map(|e| e.to_string());
                 if let Some(l) = idle_limit {
-                    if idle_since.elapsed() >= l {
+                    if idle >= l {
+                        if let Some(e) = failing {
+                            return Err(format!(
+                                "no record arrived for {} ms and fetching {} keeps failing: {e}",
+                                l.as_millis(),
+                                args.topic
+                            ));
+                        }
                         break;
+                    }
+                }
+                // Without a timeout, say so on stderr now and then.
+                if let Some(e) = failing {
+                    if idle >= FAILING_WARN_AFTER
+                        && warned_at
+                            .is_none_or(|w: tokio::time::Instant| w.elapsed() >= FAILING_WARN_AFTER)
+                    {
+                        eprintln!("weir consume: fetching {} keeps failing: {e}", args.topic);
+                        warned_at = Some(tokio::time::Instant::now());
                     }
                 }
                 continue;

@@ -93,6 +93,10 @@ pub struct Consumer {
     /// leaders' long polls go on (a later poll takes their answers) instead
     /// of holding those records back. Aborted when the consumer is dropped.
     in_flight: tokio::task::JoinSet<FetchDone>,
+    /// The last retriable error met since a fetch last succeeded: retried
+    /// silently, but a caller that waited long for records can say why
+    /// (a full disk, a broker not ready, no leader) instead of nothing.
+    failing: Option<Error>,
 }
 
 /// Partitions a consumer may be assigned at most.
@@ -106,6 +110,7 @@ impl Consumer {
             assigned: BTreeMap::new(),
             buffered: VecDeque::new(),
             in_flight: tokio::task::JoinSet::new(),
+            failing: None,
         }
     }
 
@@ -118,6 +123,14 @@ impl Consumer {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Why fetching keeps failing, if it does: the last retriable error met
+    /// since a fetch last succeeded (None once one succeeds). The consumer
+    /// retries such errors itself; this is for saying so when records do
+    /// not come.
+    pub fn failing(&self) -> Option<&Error> {
+        self.failing.as_ref()
     }
 
     /// Adds one partition, starting at `start`.
@@ -289,7 +302,10 @@ impl Consumer {
                         a.position = Some(o);
                     }
                 }
-                Err(e) if e.retriable() => self.client.set_leader(&topic, partition, 0),
+                Err(e) if e.retriable() => {
+                    self.client.set_leader(&topic, partition, 0);
+                    self.failing = Some(e);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -312,9 +328,20 @@ impl Consumer {
                 None => match self.client.refresh_topic(&topic).await {
                     Ok(_) => match self.client.leader(&topic, partition) {
                         Some(l) => l,
-                        None => continue,
+                        None => {
+                            self.failing = Some(Error::Broker {
+                                code: ErrorCode::LeaderNotAvailable,
+                                message: format!(
+                                    "partition {topic}/{partition} has no leader right now"
+                                ),
+                            });
+                            continue;
+                        }
                     },
-                    Err(e) if e.retriable() => continue,
+                    Err(e) if e.retriable() => {
+                        self.failing = Some(e);
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 },
             };
@@ -387,6 +414,7 @@ impl Consumer {
                 for (fp, _) in asked {
                     self.client.set_leader(&fp.topic, fp.partition, 0);
                 }
+                self.failing = Some(e);
                 Ok(false)
             }
             Err(e) => Err(e),
@@ -433,11 +461,15 @@ impl Consumer {
                 ErrorCode::NotLeader if e.leader_id != 0 => {
                     self.client.set_leader(&fp.topic, fp.partition, e.leader_id)
                 }
-                c if super::retriable_code(c) => self.client.set_leader(&fp.topic, fp.partition, 0),
+                c if super::retriable_code(c) => {
+                    self.client.set_leader(&fp.topic, fp.partition, 0);
+                    self.failing = Some(Error::broker(e));
+                }
                 _ => return Err(Error::broker(e)),
             }
             return Ok(());
         }
+        self.failing = None;
         let mut bytes = fp.records;
         let mut next = position;
         let topic: Arc<str> = Arc::from(fp.topic.as_str());

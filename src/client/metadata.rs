@@ -120,7 +120,9 @@ impl Client {
     /// A client that has reached the cluster once (fails clearly if no
     /// bootstrap address answers).
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
-        let limit = config.connect_timeout + Duration::from_secs(2);
+        // A broker that is not ready yet is asked again for up to
+        // `admin_retry_for` (see `any`): give it that long too.
+        let limit = config.connect_timeout + Duration::from_secs(2) + config.admin_retry_for;
         let addrs = config.bootstrap.join(",");
         let c = Client::new(config);
         match tokio::time::timeout(limit, c.refresh(&[])).await {
@@ -223,27 +225,46 @@ impl Client {
         out
     }
 
-    /// Sends a request to the first broker that answers.
+    /// Sends a request to the first broker that answers. A broker that
+    /// answers BROKER_NOT_READY (just restarted, still replaying the
+    /// cluster metadata) is asked again after a pause, for up to
+    /// `admin_retry_for`; then its error is returned (retriable).
     pub async fn any(&self, body: Req) -> Result<Resp, Error> {
-        let mut last = String::new();
-        for addr in self.candidates() {
-            let conn = match self.connection(&addr).await {
-                Ok(c) => c,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
+        let deadline = tokio::time::Instant::now() + self.inner.config.admin_retry_for;
+        // Bounded by the deadline.
+        loop {
+            let mut last = String::new();
+            let mut not_ready = None;
+            for addr in self.candidates() {
+                let conn = match self.connection(&addr).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = e.to_string();
+                        continue;
+                    }
+                };
+                match self.call(&conn, body.clone()).await {
+                    Ok(r) => return Ok(r),
+                    Err(e) => {
+                        last = e.to_string();
+                        if e.code() == Some(ErrorCode::BrokerNotReady) {
+                            not_ready = Some(e);
+                        }
+                    }
                 }
-            };
-            match self.call(&conn, body.clone()).await {
-                Ok(r) => return Ok(r),
-                Err(e) => last = e.to_string(),
+            }
+            match not_ready {
+                Some(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Some(_) => tokio::time::sleep(self.inner.config.retry_backoff).await,
+                None => {
+                    return Err(Error::Unreachable(format!(
+                        "cannot reach any broker at {} ({last}); check that a broker runs there \
+                         or pass --bootstrap host:port",
+                        self.inner.config.bootstrap.join(",")
+                    )))
+                }
             }
         }
-        Err(Error::Unreachable(format!(
-            "cannot reach any broker at {} ({last}); check that a broker runs there \
-             or pass --bootstrap host:port",
-            self.inner.config.bootstrap.join(",")
-        )))
     }
 
     /// Fetches metadata for `topics` (empty: all) and updates the cache.

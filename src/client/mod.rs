@@ -76,6 +76,8 @@ pub(crate) fn retriable_code(code: ErrorCode) -> bool {
             | ErrorCode::BrokerShuttingDown
             | ErrorCode::StorageError
             | ErrorCode::UnknownPartition
+            | ErrorCode::BrokerNotReady
+            | ErrorCode::OutOfSpace
     )
 }
 

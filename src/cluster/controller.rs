@@ -37,6 +37,24 @@ pub const LIVENESS_WINDOW_MS: u64 = 3_000;
 pub struct Metadata {
     table: Arc<Mutex<TopicTable>>,
     version: Arc<watch::Sender<u64>>,
+    progress: Arc<Mutex<Progress>>,
+}
+
+/// How far the table has caught up, for readiness after a restart.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The controller group's commit index persisted before this start:
+    /// the table this broker had is at least that new.
+    start_commit: u64,
+    /// Index of the last entry handed to the table.
+    applied: u64,
+    /// This broker's id and start, whose registration is the barrier.
+    barrier: Option<(u64, u64)>,
+    /// A registration of this start was applied.
+    barrier_passed: bool,
+    /// Latched once reached: a ready broker stays ready (later lag behind
+    /// the controller leader is ordinary follower lag, as in Kafka).
+    ready: bool,
 }
 
 impl Default for Metadata {
@@ -44,6 +62,7 @@ impl Default for Metadata {
         Metadata {
             table: Arc::new(Mutex::new(TopicTable::default())),
             version: Arc::new(watch::channel(0).0),
+            progress: Default::default(),
         }
     }
 }
@@ -58,11 +77,83 @@ impl Metadata {
         self.version.subscribe()
     }
 
+    /// Sets the controller group's commit index persisted before this
+    /// start, which the table must reach before the broker answers from it.
+    pub fn set_start_commit(&self, commit: u64) {
+        self.progress().start_commit = commit;
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Names the registration (this broker's id and start) that marks the
+    /// table as caught up once applied (see [`Metadata::ready`]).
+    pub fn set_barrier(&self, self_id: u64, incarnation: u64) {
+        self.progress().barrier = Some((self_id, incarnation));
+    }
+
+    /// Whether this start's registration was applied.
+    pub fn barrier_passed(&self) -> bool {
+        self.progress().barrier_passed
+    }
+
+    fn note_applied(&self, index: u64) {
+        let mut p = self.progress();
+        p.applied = p.applied.max(index);
+    }
+
+    /// Whether this broker may answer metadata and topic questions: its
+    /// table is at least as new as the one it had before it (re)started.
+    ///
+    /// That takes (1) every controller entry committed before the restart
+    /// applied again (the persisted commit index), and (2) a barrier: the
+    /// registration this start of the broker sends the controller leader
+    /// (`keep_registered`), applied here. The leader commits it after
+    /// everything it had committed when it took it, so once it is applied
+    /// the table holds whatever was committed before the restart, even what
+    /// this broker's persisted commit index did not record yet or what it
+    /// missed while down. Until then the broker answers BROKER_NOT_READY
+    /// and clients retry. Without a controller quorum a restarted broker
+    /// stays not ready: it cannot know what it missed.
+    pub fn ready(&self, board: &StatusBoard) -> Result<(), String> {
+        let mut p = self.progress();
+        if p.ready {
+            return Ok(());
+        }
+        let status = board.get(CONTROLLER_GROUP).unwrap_or_default();
+        if p.applied < p.start_commit {
+            return Err(format!(
+                "the broker is replaying its cluster metadata (entry {} of {}); retry in a moment",
+                p.applied, p.start_commit
+            ));
+        }
+        if !p.barrier_passed {
+            return Err(match status.leader {
+                0 => "the broker has not yet heard from a controller leader since it started; \
+                      retry in a moment"
+                    .to_string(),
+                leader => format!(
+                    "the broker is catching up with the cluster metadata of controller \
+                     leader {leader}; retry in a moment"
+                ),
+            });
+        }
+        p.ready = true;
+        Ok(())
+    }
+
     fn apply(&self, cmd: &ControllerCommand) {
         self.table
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .apply(cmd);
+        if let Some(controller_command::Command::RegisterBroker(r)) = &cmd.command {
+            let mut p = self.progress();
+            if p.barrier == Some((r.id, r.incarnation)) {
+                p.barrier_passed = true;
+            }
+        }
         self.version.send_modify(|v| *v += 1);
     }
 }
@@ -74,6 +165,10 @@ pub struct ControllerApply {
 }
 
 impl Apply for ControllerApply {
+    fn applied_to(&mut self, index: u64, _term: u64) {
+        self.metadata.note_applied(index);
+    }
+
     fn apply(&mut self, index: u64, batch: &RecordBatch) {
         let records = match batch.records() {
             Ok(r) => r,
@@ -288,13 +383,16 @@ impl Controller {
             id: self.self_id,
             client_addr,
             peer_addr,
+            incarnation: self.incarnation,
         };
         loop {
+            // Once per start at least: this start's registration, applied,
+            // is the barrier that makes the broker ready.
             let registered = self.metadata.read(|t| {
                 t.brokers()
                     .get(&self.self_id)
                     .is_some_and(|b| b.client_addr == me.client_addr && b.peer_addr == me.peer_addr)
-            });
+            }) && self.metadata.barrier_passed();
             if !registered {
                 self.register(&me).await;
             }

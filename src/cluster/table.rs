@@ -379,6 +379,7 @@ fn register_command(b: &BrokerInfo) -> RegisterBroker {
         id: b.id,
         client_addr: b.client_addr.clone(),
         peer_addr: b.peer_addr.clone(),
+        incarnation: 0,
     }
 }
 
@@ -436,6 +437,7 @@ mod tests {
             id,
             client_addr: format!("b{id}:9092"),
             peer_addr: format!("b{id}:9093"),
+            incarnation: 0,
         }))
     }
 
@@ -491,6 +493,7 @@ mod tests {
             id: 1,
             client_addr: "new:9092".into(),
             peer_addr: "new:9093".into(),
+            incarnation: 0,
         }));
         assert_eq!(
             table.apply(&moved),

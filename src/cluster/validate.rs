@@ -143,6 +143,7 @@ mod tests {
                     id: *id,
                     client_addr: format!("b{id}:9092"),
                     peer_addr: format!("b{id}:9093"),
+                    incarnation: 0,
                 })),
             });
         }

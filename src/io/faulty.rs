@@ -447,6 +447,10 @@ impl Disk for FaultyDisk {
     fn exists(&self, path: &Path) -> bool {
         self.inner.exists(path)
     }
+
+    fn space(&self, path: &Path) -> io::Result<super::DiskSpace> {
+        self.inner.space(path)
+    }
 }
 
 /// A file opened through a [`FaultyDisk`].

@@ -75,6 +75,29 @@ pub trait Disk: Send + Sync + Debug + 'static {
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// Whether a file or directory exists at `path`.
     fn exists(&self, path: &Path) -> bool;
+    /// Free and total bytes of the filesystem holding `path` (statvfs on a
+    /// real disk). The default, for test doubles, reports a disk that
+    /// never fills.
+    fn space(&self, _path: &Path) -> io::Result<DiskSpace> {
+        Ok(DiskSpace::UNLIMITED)
+    }
+}
+
+/// How much room a filesystem has, as [`Disk::space`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Bytes an unprivileged writer may still use.
+    pub free_bytes: u64,
+    /// The filesystem's size.
+    pub total_bytes: u64,
+}
+
+impl DiskSpace {
+    /// A disk that never fills.
+    pub const UNLIMITED: DiskSpace = DiskSpace {
+        free_bytes: u64::MAX,
+        total_bytes: u64::MAX,
+    };
 }
 
 /// An open file. Reads are positional; writes append at the end, which is the

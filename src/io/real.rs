@@ -1,6 +1,6 @@
 //! The real disk: `std::fs` files with real fsync and directory fsync.
 
-use super::{Disk, DiskFile, FileSync, OpenMode, SyncHandle};
+use super::{Disk, DiskFile, DiskSpace, FileSync, OpenMode, SyncHandle};
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::os::fd::AsRawFd;
@@ -83,6 +83,25 @@ impl Disk for RealDisk {
 
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+
+    fn space(&self, path: &Path) -> io::Result<DiskSpace> {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: `c_path` is a valid NUL-terminated string and `stat` a
+        // valid, writable statvfs that the call fills.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+        if rc != 0 {
+            return Err(with_path(io::Error::last_os_error(), "statvfs", path));
+        }
+        // f_bavail, not f_bfree: the blocks reserved for root are not ours.
+        let block = stat.f_frsize as u64;
+        Ok(DiskSpace {
+            free_bytes: (stat.f_bavail as u64).saturating_mul(block),
+            total_bytes: (stat.f_blocks as u64).saturating_mul(block),
+        })
     }
 }
 

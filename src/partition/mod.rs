@@ -18,6 +18,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+pub mod space;
+pub use space::SpaceGuard;
+
 /// A partition hosted on this broker.
 #[derive(Clone, Debug)]
 pub struct Replica {
@@ -120,6 +123,8 @@ pub struct PartitionService {
     pub replicas: Replicas,
     pub board: StatusBoard,
     driver: mpsc::Sender<Input>,
+    /// The disk space reserve produces respect (None: no reserve).
+    space: Option<SpaceGuard>,
 }
 
 /// Bytes read from one partition per fetch at most, whatever was asked.
@@ -145,7 +150,14 @@ impl PartitionService {
             replicas,
             board,
             driver,
+            space: None,
         }
+    }
+
+    /// Refuses produces that would eat into the disk space reserve.
+    pub fn with_space(mut self, space: SpaceGuard) -> Self {
+        self.space = Some(space);
+        self
     }
 
     fn replica(&self, topic: &str, partition: u32) -> Result<Replica, PartitionError> {
@@ -185,7 +197,14 @@ impl PartitionService {
         timeout_ms: u32,
     ) -> Result<i64, PartitionError> {
         let replica = self.leader_replica(topic, partition)?;
+        let batch_bytes = batch.len();
         let batch = validate_batch(batch, replica.max_batch_bytes)?;
+        // Only client data is held to the reserve: Raft's own writes
+        // (hard states, votes, the controller's entries) must still find
+        // room when it is reached.
+        if let Some(space) = &self.space {
+            space.admit(batch_bytes)?;
+        }
         let acks = match acks {
             WireAcks::All => Acks::All,
             WireAcks::Leader => Acks::Leader,

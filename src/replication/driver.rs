@@ -256,6 +256,10 @@ pub struct Proposal {
 /// entry per process lifetime.
 pub trait Apply: Send {
     fn apply(&mut self, index: u64, batch: &RecordBatch);
+    /// Every committed entry up to `index` (of `term`) was handed over,
+    /// empty ones and configuration changes included: how far the state
+    /// machine has caught up, which [`Apply::apply`] alone cannot tell.
+    fn applied_to(&mut self, _index: u64, _term: u64) {}
 }
 
 /// A group for the driver to host.
@@ -1357,6 +1361,7 @@ impl Driver {
                             "group" => id, "index" => e.index, "error" => %err),
                     }
                 }
+                apply.applied_to(e.index, e.term);
             }
             if let Some(w) = g.waiting_commit.remove(&e.index) {
                 let result = if w.term == e.term {

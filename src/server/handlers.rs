@@ -48,6 +48,19 @@ pub async fn handle(s: &Services, req: ClientRequest) -> ClientResponse {
             "request without a body".into(),
         );
     };
+    // Questions answered from the topic table wait until the table is at
+    // least as new as the one this broker had before it started: a stale
+    // table would say a topic does not exist. Describing the cluster, log
+    // dirs and stats stays open, to diagnose a broker that is not ready.
+    let from_table = !matches!(
+        body,
+        Req::DescribeCluster(_) | Req::DescribeLogDirs(_) | Req::DescribeBrokerStats(_)
+    );
+    if from_table {
+        if let Err(why) = s.metadata.ready(&s.partitions.board) {
+            return failed(correlation_id, ErrorCode::BrokerNotReady, why);
+        }
+    }
     let body = match body {
         Req::Metadata(r) => Resp::Metadata(metadata(s, &r)),
         Req::CreateTopic(r) => Resp::Admin(admin(s.controller.create_topic(&r).await)),

@@ -1,0 +1,139 @@
+//! A broker is alive or dead, never half-dead: a bad setting stops
+//! `weir broker` before anything starts, with a message naming the key, and
+//! a broker-wide task that ends (a panic) ends the broker, naming the task.
+
+mod common;
+
+use common::*;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `weir broker --config FILE` with `settings` (plus free ports and a
+/// fresh data directory unless `settings` sets them) and returns its exit
+/// code and stderr. Fails if it is still running after 15 s: a process
+/// that stays up with a setting it cannot honour is the zombie this guards
+/// against.
+fn broker_with(settings: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let mut text = String::new();
+    if !settings.contains("listen") {
+        text.push_str(&format!("listen = 127.0.0.1:{}\n", ports[0]));
+        text.push_str(&format!("peer_listen = 127.0.0.1:{}\n", ports[1]));
+    }
+    if !settings.contains("data_dir") {
+        text.push_str(&format!(
+            "data_dir = {}\n",
+            dir.path().join("data").display()
+        ));
+    }
+    text.push_str(settings);
+    let path = dir.path().join("weir.conf");
+    std::fs::write(&path, &text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["broker", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir broker starts");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("`weir broker` with\n{text}\nis still running after 15 s; stderr: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code(), err)
+}
+
+/// The cases of issue 24: before, `tick_ms = 0` and `retention_check_ms =
+/// 0` started a broker whose driver (or backend) task had panicked on a
+/// zero timer period, which kept its ports and said it was live; a repeated
+/// key silently took the last value.
+#[test]
+fn zero_periods_and_a_repeated_key_stop_the_broker_with_a_message() {
+    let cases = [
+        ("tick_ms = 0\n", "tick_ms = 0"),
+        ("retention_check_ms = 0\n", "retention_check_ms = 0"),
+        ("tick_ms = 50\ntick_ms = 100\n", "tick_ms is set twice"),
+    ];
+    for (settings, message) in cases {
+        let (code, err) = broker_with(settings);
+        assert_eq!(code, Some(2), "{settings}: {err}");
+        assert!(err.contains(message), "{settings}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+/// Every setting, given a value outside its bounds, is refused at start
+/// with a non-zero exit and a message naming the key and the value.
+#[test]
+fn every_setting_with_a_bad_value_is_refused_at_start() {
+    let cases = [
+        ("id", "0"),
+        ("data_dir", "/dev/null"),
+        ("listen", "127.0.0.1:0"),
+        ("advertised_listen", "nowhere"),
+        ("peer_listen", "127.0.0.1:99999"),
+        ("peers", "1=127.0.0.1"),
+        ("log_level", "loud"),
+        ("tick_ms", "100000"),
+        ("seed", "-1"),
+        ("retention_check_ms", "99999999999"),
+        ("max_connections", "0"),
+        ("max_in_flight_per_connection", "0"),
+        ("max_request_bytes_in_flight", "4096"),
+        ("fsync", "interval:0"),
+        ("quiesce_idle_groups", "maybe"),
+        ("group_commit_gap_us", "99999999999"),
+        ("group_commit_busy_bytes_per_sec", "lots"),
+        ("page_cache_keep_bytes", "-1"),
+    ];
+    for (key, value) in cases {
+        let settings = format!("{key} = {value}\n");
+        let (code, err) = broker_with(&settings);
+        assert_eq!(code, Some(2), "{settings}: {err}");
+        assert!(err.contains(key), "{settings}: {err}");
+        assert!(err.contains(value) || key == "peers", "{settings}: {err}");
+    }
+}
+
+/// A broker-wide task that panics is noticed: `Running::ended` names it and
+/// its panic (and `weir broker`, which waits on it, exits non-zero). A
+/// healthy broker's tasks do not end by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_broker_task_is_noticed_with_its_name_and_message() {
+    let mut cluster = Cluster::start(1).await;
+    let running = cluster.running.get_mut(&1).unwrap();
+    let quiet = tokio::time::timeout(Duration::from_secs(2), running.ended()).await;
+    assert!(quiet.is_err(), "a task ended by itself: {quiet:?}");
+    running.supervise("test task", async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        panic!("boom at offset 7");
+    });
+    let ended = tokio::time::timeout(TIMEOUT, running.ended())
+        .await
+        .expect("the panic is noticed");
+    assert_eq!(ended.task, "test task");
+    assert_eq!(ended.cause, "panicked: boom at offset 7");
+    assert_eq!(
+        ended.to_string(),
+        "broker task 'test task' ended: panicked: boom at offset 7"
+    );
+}

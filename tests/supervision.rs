@@ -137,3 +137,55 @@ async fn a_panicking_broker_task_is_noticed_with_its_name_and_message() {
         "broker task 'test task' ended: panicked: boom at offset 7"
     );
 }
+
+/// `--log-level trace` and `debug` print trace and debug lines. They did
+/// not: slog compiles trace out of debug builds and debug and trace out of
+/// release builds unless its max-level features are set (Cargo.toml sets
+/// them for both; a unit test in cli/logging.rs checks the release one).
+#[test]
+fn trace_and_debug_levels_print() {
+    use std::io::BufRead;
+    for (level, want) in [("trace", "TRCE"), ("debug", "DEBG")] {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(2);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["broker", "--log-level", level, "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen", &format!("127.0.0.1:{}", ports[0])])
+            .args(["--peer-listen", &format!("127.0.0.1:{}", ports[1])])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weir broker starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        let found = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(want) => break true,
+                Ok(line) => seen.push(line),
+                Err(_) => break false,
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            found,
+            "no {want} line with --log-level {level}; got:\n{}",
+            seen.join("\n")
+        );
+        if level == "debug" {
+            assert!(!seen.iter().any(|l| l.contains("TRCE")), "{seen:?}");
+        }
+    }
+}

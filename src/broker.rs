@@ -181,7 +181,16 @@ pub async fn run(
     seams: Seams,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BrokerError> {
-    let mut running = start(config, seams).await?;
+    let running = start(config, seams).await?;
+    run_until(running, shutdown).await
+}
+
+/// The second half of [`run`]: runs a started broker until `shutdown`
+/// completes or one of its tasks ends.
+pub async fn run_until(
+    mut running: Running,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BrokerError> {
     tokio::pin!(shutdown);
     // A task's end first: it is what the operator must hear about.
     let ended = tokio::select! {

@@ -189,3 +189,30 @@ fn trace_and_debug_levels_print() {
         }
     }
 }
+
+/// `broker::run` (what `weir broker` runs, mapping its error to exit
+/// status 1) returns when a broker-wide task panics, naming it, instead of
+/// waiting for a shutdown signal that may never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_task_panics_stops_with_an_error() {
+    let mut cluster = Cluster::start(1).await;
+    let mut running = cluster.running.remove(&1).unwrap();
+    running.supervise("test task", async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        panic!("boom");
+    });
+    let stopped = tokio::time::timeout(
+        TIMEOUT,
+        weir::broker::run_until(running, std::future::pending()),
+    )
+    .await
+    .expect("the broker stops by itself");
+    let e = stopped.expect_err("a task ended");
+    assert_eq!(
+        e.to_string(),
+        "the broker stopped: broker task 'test task' ended: panicked: boom"
+    );
+    // Its ports are released: a client cannot connect any more.
+    let c = weir::client::Connection::connect(&cluster.net, &cluster.client_addr(1)).await;
+    assert!(c.is_err(), "the stopped broker still accepts clients");
+}

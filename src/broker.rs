@@ -208,6 +208,9 @@ pub async fn run_until(
     Err(BrokerError::TaskEnded(ended))
 }
 
+/// The driver's task name (a graceful stop lets it finish by itself).
+const DRIVER_TASK: &str = "raft driver";
+
 /// How long a graceful stop waits for in-flight client requests.
 const DRAIN_MS: u64 = 5_000;
 
@@ -224,7 +227,7 @@ const DRAIN_MS: u64 = 5_000;
 pub struct Running {
     tasks: JoinSet<()>,
     /// The name of each task in `tasks`, by tokio's id.
-    names: Vec<(tokio::task::Id, &'static str)>,
+    names: Vec<(tokio::task::Id, &'static str, tokio::task::AbortHandle)>,
     /// The client listener, apart from `tasks` because a graceful stop
     /// drains it; `None` once it ended.
     server: Option<tokio::task::JoinHandle<()>>,
@@ -244,14 +247,14 @@ impl Running {
         task: impl Future<Output = ()> + Send + 'static,
     ) {
         let handle = self.tasks.spawn(task);
-        self.names.push((handle.id(), name));
+        self.names.push((handle.id(), name, handle));
     }
 
     fn name_of(&self, id: tokio::task::Id) -> &'static str {
         self.names
             .iter()
-            .find(|(i, _)| *i == id)
-            .map_or("unknown", |(_, n)| n)
+            .find(|(i, _, _)| *i == id)
+            .map_or("unknown", |(_, n, _)| n)
     }
 
     /// Completes when a broker-wide task ends, saying which and why; never
@@ -299,11 +302,30 @@ impl Running {
                 server.abort();
             }
         }
-        self.tasks.abort_all();
-        let (done, wait) = oneshot::channel();
-        if self.driver.send(Input::Shutdown { done }).await.is_ok() {
-            let _ = wait.await;
+        // Everything but the driver stops now; the driver stops on its
+        // Shutdown input, after syncing every log. (Aborting it with the
+        // rest, as this did, dropped it before it read that input.)
+        for (_, name, handle) in &self.names {
+            if *name != DRIVER_TASK {
+                handle.abort();
+            }
         }
+        let (done, wait) = oneshot::channel();
+        let shutdown = async {
+            if self.driver.send(Input::Shutdown { done }).await.is_ok() {
+                let _ = wait.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_millis(DRAIN_MS), shutdown)
+            .await
+            .is_err()
+        {
+            slog::warn!(
+                self.logger,
+                "the driver did not stop in time; its logs may not be synced"
+            );
+        }
+        self.tasks.abort_all();
         slog::info!(self.logger, "broker stopped");
     }
 
@@ -348,7 +370,7 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
     let mut names = Vec::new();
     let mut spawn = |name: &'static str, task: transport::Task| {
         let handle = tasks.spawn(task);
-        names.push((handle.id(), name));
+        names.push((handle.id(), name, handle));
     };
     // Distinct per start of this broker: peers reconnect when it changes.
     let incarnation = clock.now_ms().max(1) as u64;
@@ -380,7 +402,7 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
     } else {
         driver
     };
-    spawn("raft driver", Box::pin(driver.run()));
+    spawn(DRIVER_TASK, Box::pin(driver.run()));
 
     let metadata = Metadata::default();
     add_controller_group(&config, &disk, &clock, &metadata, &driver_tx, &logger).await?;

@@ -9,25 +9,43 @@ use common::*;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use weir::broker::{self, BrokerConfig, Seams};
-use weir::io::{Disk, DiskFile, OpenMode, RealDisk, SyncHandle, TokioClock};
+use weir::io::{Disk, DiskFile, FileSync, OpenMode, RealDisk, SyncHandle, TokioClock};
 use weir::proto::{Acks, ErrorCode};
 
 /// Real files, except that once `armed`, appends to files whose path
-/// contains `doomed` fail with EIO.
+/// contains `doomed` fail with EIO; syncs of those files are counted.
 #[derive(Debug)]
 struct DoomedDisk {
     inner: RealDisk,
     doomed: String,
     armed: Arc<AtomicBool>,
+    syncs: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
 struct DoomedFile {
     inner: Box<dyn DiskFile>,
     armed: Option<Arc<AtomicBool>>,
+    syncs: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+struct CountedSync {
+    inner: SyncHandle,
+    syncs: Arc<AtomicU64>,
+}
+
+impl FileSync for CountedSync {
+    fn sync(&self) -> io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        self.inner.sync()
+    }
+    fn drop_cache(&self, len: u64) -> io::Result<()> {
+        self.inner.drop_cache(len)
+    }
 }
 
 impl DoomedFile {
@@ -52,10 +70,20 @@ impl DiskFile for DoomedFile {
         self.inner.append_parts(parts)
     }
     fn sync(&self) -> io::Result<()> {
+        if self.armed.is_some() {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.sync()
     }
     fn sync_handle(&self) -> io::Result<SyncHandle> {
-        self.inner.sync_handle()
+        let inner = self.inner.sync_handle()?;
+        if self.armed.is_none() {
+            return Ok(inner);
+        }
+        Ok(Arc::new(CountedSync {
+            inner,
+            syncs: self.syncs.clone(),
+        }))
     }
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.inner.truncate(len)
@@ -72,6 +100,7 @@ impl Disk for DoomedDisk {
         Ok(Box::new(DoomedFile {
             inner,
             armed: doomed.then(|| self.armed.clone()),
+            syncs: self.syncs.clone(),
         }))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -131,6 +160,7 @@ async fn a_failed_partition_log_is_reported_and_the_broker_serves_the_rest() {
         inner: RealDisk,
         doomed: "/doomed-0.".into(),
         armed: armed.clone(),
+        syncs: Arc::new(AtomicU64::new(0)),
     });
     let net: weir::io::net::NetworkRef = Arc::new(weir::io::net::TcpNetwork::default());
     let seams = Seams {
@@ -234,4 +264,57 @@ async fn a_healthy_cluster_is_healthy() {
     assert_eq!(code, Some(0));
     let d: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(d["healthy"], true, "{out}");
+}
+
+/// A graceful stop syncs every log, even with `fsync = never`: the driver
+/// gets its Shutdown input and syncs before it ends. Before, `stop` aborted
+/// the driver with the other tasks first, so it never read that input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_syncs_every_log() {
+    let dirs = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let listen = format!("127.0.0.1:{}", ports[0]);
+    let mut config = BrokerConfig::single(
+        1,
+        dirs.path().join("broker-1"),
+        &listen,
+        &format!("127.0.0.1:{}", ports[1]),
+    );
+    config.driver.tick_ms = 20;
+    config.driver.fsync = weir::replication::driver::FsyncPolicy::Never;
+    let syncs = Arc::new(AtomicU64::new(0));
+    let disk = Arc::new(DoomedDisk {
+        inner: RealDisk,
+        doomed: "/synced-0.".into(),
+        armed: Arc::new(AtomicBool::new(false)),
+        syncs: syncs.clone(),
+    });
+    let net: weir::io::net::NetworkRef = Arc::new(weir::io::net::TcpNetwork::default());
+    let seams = Seams {
+        disk,
+        net: net.clone(),
+        clock: Arc::new(TokioClock::from_system_time()),
+        logger: logger(),
+    };
+    let running = broker::start(config.clone(), seams).await.unwrap();
+    let mut cluster = Cluster {
+        dirs,
+        configs: BTreeMap::from([(1, config)]),
+        running: BTreeMap::from([(1, running)]),
+        net,
+    };
+    wait_for_cluster(&cluster).await;
+    create_led(&cluster, "synced", 1, 1).await;
+    let c = cluster.connect(1).await;
+    for i in 0..20 {
+        let batch = batch_of(&[event("k", &format!("v{i}"))]);
+        let ok = produce(&c, "synced", 0, &batch, Acks::All).await;
+        assert!(ok.error.is_none(), "{:?}", ok.error);
+    }
+    let before = syncs.load(Ordering::SeqCst);
+    cluster.running.remove(&1).unwrap().stop().await;
+    assert!(
+        syncs.load(Ordering::SeqCst) > before,
+        "no sync of the partition log at a graceful stop"
+    );
 }

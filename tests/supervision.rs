@@ -216,3 +216,119 @@ async fn a_broker_whose_task_panics_stops_with_an_error() {
     let c = weir::client::Connection::connect(&cluster.net, &cluster.client_addr(1)).await;
     assert!(c.is_err(), "the stopped broker still accepts clients");
 }
+
+/// The hostile peer frame of issue 24: a heartbeat for the controller group
+/// claiming a commit index far beyond the receiver's log, from a broker id
+/// that is not a member. raft-rs panics on it in the driver; before, the
+/// process stayed up with its ports open and served nothing (creating a
+/// topic hung). Now it must end in a clear error (the process exits
+/// non-zero, naming the task) or leave the broker unaffected (it still
+/// creates a topic): never a live process that cannot serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_peer_frame_never_leaves_a_zombie() {
+    use tokio::io::AsyncWriteExt;
+    use weir::proto::client_request::Body as Req;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let client = format!("127.0.0.1:{}", ports[0]);
+    let peer = format!("127.0.0.1:{}", ports[1]);
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["broker", "--log-level", "warn", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen", &client, "--peer-listen", &peer])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("weir broker starts"),
+    );
+    let child = &mut child.0;
+    let net: weir::io::net::NetworkRef = std::sync::Arc::new(weir::io::net::TcpNetwork::default());
+    let c = eventually(20, "the broker to listen", || {
+        let (net, client) = (net.clone(), client.clone());
+        async move { weir::client::Connection::connect(&net, &client).await.ok() }
+    })
+    .await;
+    // Wait until it leads its controller group (registered and live).
+    eventually(20, "the broker to register", || async {
+        match c
+            .request(
+                Req::DescribeCluster(weir::proto::DescribeClusterRequest {}),
+                TIMEOUT,
+            )
+            .await
+            .ok()?
+            .body?
+        {
+            weir::proto::client_response::Body::DescribeCluster(d)
+                if d.controller_id == 1 && d.brokers.iter().any(|b| b.live) =>
+            {
+                Some(())
+            }
+            _ => None,
+        }
+    })
+    .await;
+
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    m.to = 1;
+    m.from = 9;
+    m.term = 1_000;
+    m.commit = 1_000_000;
+    let (frames, _) =
+        weir::replication::raft_frame::encode(9, 1, &[(0, m)], 1 << 20, 1 << 20).unwrap();
+    let mut s = tokio::net::TcpStream::connect(&peer).await.unwrap();
+    for f in &frames {
+        s.write_all(f).await.unwrap();
+    }
+    s.flush().await.unwrap();
+
+    // Either the process exits non-zero, naming the task, or it still
+    // serves: a topic is created within the deadline.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            assert!(!status.success(), "exited 0: {err}");
+            assert!(err.contains("broker task 'raft driver' ended"), "{err}");
+            return;
+        }
+        let created = c
+            .request(
+                Req::CreateTopic(weir::proto::CreateTopicRequest {
+                    name: "after-the-frame".into(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    configs: Default::default(),
+                }),
+                Duration::from_secs(1),
+            )
+            .await;
+        if let Ok(weir::proto::ClientResponse {
+            body: Some(weir::proto::client_response::Body::Admin(a)),
+            ..
+        }) = created
+        {
+            if a.error.is_none() {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker neither exited nor served after the hostile frame"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A child process killed when dropped, so a failing test leaves none.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

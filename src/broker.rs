@@ -103,6 +103,14 @@ impl BrokerConfig {
         if self.peers.contains_key(&0) {
             return Err(BrokerError::Config("peer ids must be at least 1".into()));
         }
+        // Zero periods panic tokio's interval (the task would die and, before
+        // supervision, leave a broker that answered but served nothing).
+        if self.driver.tick_ms == 0 || self.retention_check_ms == 0 {
+            return Err(BrokerError::Config(format!(
+                "tick_ms ({}) and retention_check_ms ({}) must be at least 1",
+                self.driver.tick_ms, self.retention_check_ms
+            )));
+        }
         if self.limits.request_bytes_in_flight_max < 1024 * 1024 {
             return Err(BrokerError::Config(format!(
                 "max_request_bytes_in_flight is {} bytes; it must be at least 1048576 \
@@ -151,11 +159,39 @@ impl BrokerConfig {
     }
 }
 
-/// Why a broker could not start.
+/// Why a broker could not start, or stopped by itself.
 #[derive(Debug)]
 pub enum BrokerError {
     Config(String),
     Io(String),
+    /// A broker-wide task ended while the broker ran.
+    TaskEnded(TaskEnded),
+}
+
+/// A broker-wide task that ended while the broker ran: which, and why
+/// ("panicked: <message>", or that it returned, which none of them does
+/// while the broker runs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskEnded {
+    pub task: String,
+    pub cause: String,
+}
+
+impl fmt::Display for TaskEnded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "broker task '{}' ended: {}", self.task, self.cause)
+    }
+}
+
+/// A panic's message, if it is a string (as `panic!` makes it).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
 }
 
 impl fmt::Display for BrokerError {
@@ -163,6 +199,7 @@ impl fmt::Display for BrokerError {
         match self {
             BrokerError::Config(m) => write!(f, "invalid broker configuration: {m}"),
             BrokerError::Io(m) => write!(f, "{m}"),
+            BrokerError::TaskEnded(e) => write!(f, "the broker stopped: {e}"),
         }
     }
 }
@@ -179,25 +216,66 @@ pub struct Seams {
 }
 
 /// Runs a broker until `shutdown` completes, then stops accepting, syncs
-/// every log and returns.
+/// every log and returns. If a broker-wide task ends first (a panic, or a
+/// return nothing expected), logs which and why, stops what is left the
+/// same way and returns [`BrokerError::TaskEnded`]: a broker is alive or
+/// dead, never half-dead, and `weir broker` exits non-zero so that systemd
+/// or Kubernetes restart it.
 pub async fn run(
     config: BrokerConfig,
     seams: Seams,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BrokerError> {
     let running = start(config, seams).await?;
-    shutdown.await;
-    running.stop().await;
-    Ok(())
+    run_until(running, shutdown).await
 }
+
+/// The second half of [`run`]: runs a started broker until `shutdown`
+/// completes or one of its tasks ends.
+pub async fn run_until(
+    mut running: Running,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BrokerError> {
+    tokio::pin!(shutdown);
+    // A task's end first: it is what the operator must hear about.
+    let ended = tokio::select! {
+        biased;
+        ended = running.ended() => Some(ended),
+        _ = &mut shutdown => None,
+    };
+    let Some(ended) = ended else {
+        running.stop().await;
+        return Ok(());
+    };
+    slog::crit!(running.logger, "a broker-wide task ended; the broker stops";
+        "task" => &ended.task, "cause" => &ended.cause);
+    running.stop().await;
+    Err(BrokerError::TaskEnded(ended))
+}
+
+/// The driver's task name (a graceful stop lets it finish by itself).
+const DRIVER_TASK: &str = "raft driver";
 
 /// How long a graceful stop waits for in-flight client requests.
 const DRAIN_MS: u64 = 5_000;
 
 /// A started broker.
+///
+/// Every broker-wide task is owned here and supervised: [`Running::ended`]
+/// completes when one of them ends, naming it. None may end while the broker
+/// runs, and none is restarted in place: each holds state the others rely on
+/// (the driver every group's Raft state, the backend which replicas are
+/// open, the listeners their ports), so the broker stops and its supervisor
+/// (systemd, Kubernetes) starts it afresh, which recovers everything from
+/// disk and the peers. Per-connection tasks are not broker-wide: a panic in
+/// one closes that connection only, and the client reconnects.
 pub struct Running {
     tasks: JoinSet<()>,
-    server: tokio::task::JoinHandle<()>,
+    /// The name of each task in `tasks`, by tokio's id.
+    names: Vec<(tokio::task::Id, &'static str, tokio::task::AbortHandle)>,
+    /// The client listener, apart from `tasks` because a graceful stop
+    /// drains it; `None` once it ended.
+    server: Option<tokio::task::JoinHandle<()>>,
     stop_serving: tokio::sync::watch::Sender<bool>,
     driver: tokio::sync::mpsc::Sender<Input>,
     pub board: StatusBoard,
@@ -206,26 +284,101 @@ pub struct Running {
 }
 
 impl Running {
+    /// Adds a broker-wide task, supervised as the others: its end (a panic
+    /// or a return) completes [`Running::ended`].
+    pub fn supervise(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let handle = self.tasks.spawn(task);
+        self.names.push((handle.id(), name, handle));
+    }
+
+    fn name_of(&self, id: tokio::task::Id) -> &'static str {
+        self.names
+            .iter()
+            .find(|(i, _, _)| *i == id)
+            .map_or("unknown", |(_, n, _)| n)
+    }
+
+    /// Completes when a broker-wide task ends, saying which and why; never
+    /// while all of them run. Cancel-safe: call it again after a `select!`
+    /// dropped it.
+    pub async fn ended(&mut self) -> TaskEnded {
+        let server_ended = async {
+            match self.server.as_mut() {
+                Some(server) => server.await,
+                None => std::future::pending().await,
+            }
+        };
+        let ended = tokio::select! {
+            biased;
+            joined = server_ended => Err(("client listener", joined)),
+            Some(joined) = self.tasks.join_next_with_id() => Ok(joined),
+        };
+        let (task, joined) = match ended {
+            Err((task, joined)) => {
+                self.server = None;
+                (task, joined)
+            }
+            Ok(Ok((id, ()))) => (self.name_of(id), Ok(())),
+            Ok(Err(e)) => (self.name_of(e.id()), Err(e)),
+        };
+        let cause = match joined {
+            Ok(()) => "it returned while the broker was running".to_string(),
+            Err(e) if e.is_panic() => format!("panicked: {}", panic_message(&*e.into_panic())),
+            Err(_) => "it was cancelled".to_string(),
+        };
+        TaskEnded {
+            task: task.to_string(),
+            cause,
+        }
+    }
+
     /// Graceful stop: no new requests, every log synced.
     pub async fn stop(mut self) {
         // Stop taking requests and let those already read finish (bounded),
         // then stop everything else and let the driver sync and stop.
         let _ = self.stop_serving.send(true);
-        let drained = tokio::time::timeout(Duration::from_millis(DRAIN_MS), &mut self.server).await;
-        if drained.is_err() {
-            self.server.abort();
+        if let Some(mut server) = self.server.take() {
+            let drained = tokio::time::timeout(Duration::from_millis(DRAIN_MS), &mut server).await;
+            if drained.is_err() {
+                server.abort();
+            }
+        }
+        // Everything but the driver stops now; the driver stops on its
+        // Shutdown input, after syncing every log. (Aborting it with the
+        // rest, as this did, dropped it before it read that input.)
+        for (_, name, handle) in &self.names {
+            if *name != DRIVER_TASK {
+                handle.abort();
+            }
+        }
+        let (done, wait) = oneshot::channel();
+        let shutdown = async {
+            if self.driver.send(Input::Shutdown { done }).await.is_ok() {
+                let _ = wait.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_millis(DRAIN_MS), shutdown)
+            .await
+            .is_err()
+        {
+            slog::warn!(
+                self.logger,
+                "the driver did not stop in time; its logs may not be synced"
+            );
         }
         self.tasks.abort_all();
-        let (done, wait) = oneshot::channel();
-        if self.driver.send(Input::Shutdown { done }).await.is_ok() {
-            let _ = wait.await;
-        }
         slog::info!(self.logger, "broker stopped");
     }
 
     /// Abrupt stop (for tests): every task dropped, nothing synced.
     pub fn kill(mut self) {
-        self.server.abort();
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
         self.tasks.abort_all();
     }
 }
@@ -260,6 +413,11 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
         ))
     })?;
     let mut tasks = JoinSet::new();
+    let mut names = Vec::new();
+    let mut spawn = |name: &'static str, task: transport::Task| {
+        let handle = tasks.spawn(task);
+        names.push((handle.id(), name, handle));
+    };
     // Distinct per start of this broker: peers reconnect when it changes.
     let incarnation = clock.now_ms().max(1) as u64;
     let view = PeerView::default();
@@ -272,7 +430,7 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
         &logger,
     );
     for t in link_tasks {
-        tasks.spawn(t);
+        spawn("peer link", t);
     }
     let outbound = Box::new(RaftOutbound {
         links: links.clone(),
@@ -290,7 +448,7 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
     } else {
         driver
     };
-    tasks.spawn(driver.run());
+    spawn(DRIVER_TASK, Box::pin(driver.run()));
 
     let metadata = Metadata::default();
     // Ready once this start's registration is applied (`Metadata::ready`).
@@ -298,19 +456,22 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
     add_controller_group(&config, &disk, &clock, &metadata, &driver_tx, &logger).await?;
 
     let (proposals_tx, proposals_rx) = tokio::sync::mpsc::channel(64);
-    tasks.spawn(transport::serve_peers(
-        peer_listener,
-        driver_tx.clone(),
-        proposals_tx,
-        view.clone(),
-        transport::PeerListener {
-            self_id: config.id,
-            members: config.peers.keys().copied().collect(),
-            limits: config.peer_limits,
-            drops: board.peer_drops(),
-        },
-        logger.clone(),
-    ));
+    spawn(
+        "peer listener",
+        Box::pin(transport::serve_peers(
+            peer_listener,
+            driver_tx.clone(),
+            proposals_tx,
+            view.clone(),
+            transport::PeerListener {
+                self_id: config.id,
+                members: config.peers.keys().copied().collect(),
+                limits: config.peer_limits,
+                drops: board.peer_drops(),
+            },
+            logger.clone(),
+        )),
+    );
     let controller = Controller::new(
         config.id,
         metadata.clone(),
@@ -322,22 +483,31 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
     );
     let mut controller = controller;
     controller.incarnation = incarnation;
-    tasks.spawn(controller.clone().serve_forwarded(proposals_rx));
+    spawn(
+        "controller forwarding",
+        Box::pin(controller.clone().serve_forwarded(proposals_rx)),
+    );
     let advertised = config
         .advertised_listen
         .clone()
         .unwrap_or_else(|| config.listen.clone());
-    tasks.spawn(
-        controller
-            .clone()
-            .keep_registered(advertised, config.peer_listen.clone()),
+    spawn(
+        "broker registration",
+        Box::pin(
+            controller
+                .clone()
+                .keep_registered(advertised, config.peer_listen.clone()),
+        ),
     );
-    tasks.spawn(report_leaders(
-        config.id,
-        incarnation,
-        board.clone(),
-        links.clone(),
-    ));
+    spawn(
+        "leader reports",
+        Box::pin(report_leaders(
+            config.id,
+            incarnation,
+            board.clone(),
+            links.clone(),
+        )),
+    );
 
     let replicas = Replicas::default();
     let mut backend = Backend::new(
@@ -353,7 +523,7 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
     );
     backend.retention_interval_ms = config.retention_check_ms;
     backend.page_cache_keep_bytes = config.page_cache_keep_bytes;
-    tasks.spawn(backend.run());
+    spawn("backend (replicas and retention)", Box::pin(backend.run()));
 
     let services = Arc::new(Services {
         self_id: config.id,
@@ -376,7 +546,8 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
         "data_dir" => %config.data_dir.display());
     Ok(Running {
         tasks,
-        server,
+        names,
+        server: Some(server),
         stop_serving,
         driver: driver_tx,
         board,

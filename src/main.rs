@@ -31,7 +31,8 @@ enum Command {
     Produce(weir::cli::produce::ProduceArgs),
     /// Reads records of a topic and prints them.
     Consume(weir::cli::consume::ConsumeArgs),
-    /// Describes the cluster: brokers and the controller leader.
+    /// Describes the cluster (brokers, the controller leader) and its
+    /// health (fail-stopped Raft groups).
     Cluster(weir::cli::cluster::ClusterArgs),
     /// Describes the brokers' data directories: size of each partition.
     LogDirs(weir::cli::cluster::LogDirsArgs),
@@ -89,7 +90,18 @@ fn main() -> ExitCode {
         Command::Topic(args) => client_command(weir::cli::topic::run(&args)),
         Command::Produce(args) => client_command(weir::cli::produce::run(&args)),
         Command::Consume(args) => client_command(weir::cli::consume::run(&args)),
-        Command::Cluster(args) => client_command(weir::cli::cluster::run_cluster(&args)),
+        Command::Cluster(args) => match weir::cli::cluster::run_cluster(&args) {
+            // `cluster health` prints what is wrong and exits 1.
+            Ok((out, healthy)) => {
+                let _ = std::io::stdout().write_all(out.as_bytes());
+                if healthy {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+            Err(msg) => client_command(Err(msg)),
+        },
         Command::LogDirs(args) => client_command(weir::cli::cluster::run_log_dirs(&args)),
     }
 }

@@ -125,6 +125,9 @@ pub(crate) struct World {
     pub(crate) new_partitions: u32,
     /// The nemesis's requests for the admin client.
     pub(crate) admin_queue: VecDeque<Request>,
+    /// Broker-wide tasks that ended (each restarted its broker): any fails
+    /// the run.
+    task_ends: Vec<String>,
 }
 
 impl World {
@@ -195,6 +198,7 @@ pub fn run(o: &Options) -> RunResult {
         base_partitions: o.partitions,
         new_partitions: 0,
         admin_queue: VecDeque::new(),
+        task_ends: Vec::new(),
     }));
     world
         .borrow_mut()
@@ -222,7 +226,11 @@ pub fn run(o: &Options) -> RunResult {
         trace: w.trace,
         history: w.history,
         report,
-        error: error.or(w.setup_error),
+        error: error.or(w.setup_error).or_else(|| {
+            w.task_ends
+                .first()
+                .map(|e| format!("a broker-wide task ended: {e}"))
+        }),
         simulated,
     }
 }
@@ -241,6 +249,7 @@ fn clone_world(w: &World) -> World {
         base_partitions: w.base_partitions,
         new_partitions: w.new_partitions,
         admin_queue: w.admin_queue.clone(),
+        task_ends: w.task_ends.clone(),
     }
 }
 
@@ -254,9 +263,9 @@ fn client_hosts(_o: &Options) -> Vec<String> {
 
 fn add_hosts(sim: &mut turmoil::Sim, o: &Options, world: &Shared, disks: &SharedDisks) {
     for id in 1..=o.brokers {
-        let (n, seed, disks) = (o.brokers, o.seed, disks.clone());
+        let (n, seed, disks, w) = (o.brokers, o.seed, disks.clone(), world.clone());
         sim.host(broker_host(id), move || {
-            run_broker(id, n, seed, make_disk(&disks, id, seed))
+            run_broker(id, n, seed, make_disk(&disks, id, seed), w.clone())
         });
     }
     let (w, o) = (world.clone(), Rc::new(o.clone()));
@@ -475,7 +484,7 @@ fn disks_off(disks: &SharedDisks) -> Option<String> {
     Some(format!("disk faults off after {total} injected"))
 }
 
-async fn run_broker(id: u64, n: u64, seed: u64, disk: DiskRef) -> turmoil::Result {
+async fn run_broker(id: u64, n: u64, seed: u64, disk: DiskRef, world: Shared) -> turmoil::Result {
     let seams = Seams {
         disk,
         net: Arc::new(SimNetwork::new()),
@@ -483,17 +492,29 @@ async fn run_broker(id: u64, n: u64, seed: u64, disk: DiskRef) -> turmoil::Resul
         // Synchronous and silent: slog-async threads would break determinism.
         logger: slog::Logger::root(slog::Discard, slog::o!()),
     };
-    // A start can fail on an injected disk error; retry as a supervisor
-    // would, rather than failing the whole simulation.
-    let running = loop {
-        match broker::start(broker_config(id, n, seed), seams.clone()).await {
-            Ok(r) => break r,
-            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-        }
-    };
-    std::future::pending::<()>().await;
-    drop(running);
-    Ok(())
+    loop {
+        // A start can fail on an injected disk error; retry as a supervisor
+        // would, rather than failing the whole simulation.
+        let mut running = loop {
+            match broker::start(broker_config(id, n, seed), seams.clone()).await {
+                Ok(r) => break r,
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        };
+        // A broker-wide task that ends (a panic in the driver, say) ends the
+        // broker, as `weir broker` exits on it; systemd would start it again,
+        // and so does this loop, so that the run goes on and its checkers see
+        // what follows. The end fails the run all the same (see `run`):
+        // no broker task may end, bug or not.
+        let ended = running.ended().await;
+        note(&world, format!("broker {id}: {ended}; restarting it"));
+        world
+            .borrow_mut()
+            .task_ends
+            .push(format!("broker {id}: {ended}"));
+        running.kill();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Cached connections to brokers, dropped when a request fails. A clone

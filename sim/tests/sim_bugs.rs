@@ -68,7 +68,17 @@ fn options(seed: u64, bugs: u32, setting: Setting) -> Options {
 fn first_failure(bug: u32, setting: Setting) -> Option<(u64, Vec<&'static str>)> {
     (0..SEEDS).find_map(|seed| {
         let r = run(&options(seed, bug, setting));
-        (!r.passed()).then(|| (seed, r.report.counts().into_keys().collect()))
+        (!r.passed()).then(|| {
+            let mut found: Vec<&'static str> = r.report.counts().into_keys().collect();
+            // A broker-wide task that ended (a panic) is a finding too.
+            if r.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("a broker-wide task ended"))
+            {
+                found.push("broker-task-ended");
+            }
+            (seed, found)
+        })
     })
 }
 
@@ -77,7 +87,10 @@ fn injected_bugs_are_found_and_the_clean_broker_passes() {
     // skip-fsync shows as whatever a power loss then destroys: acked
     // records (lost-write), records already read, which a new leader then
     // replaces (inconsistent-offsets), or the cluster's metadata itself,
-    // after which no partition takes writes again (unavailable).
+    // after which no partition takes writes again (unavailable); or, first,
+    // as raft-rs panicking in the driver of a broker whose log lacks what
+    // it claimed persisted (a commit index beyond its log), which ends that
+    // broker (broker-task-ended).
     // follower-restamps changes bytes only, not what consumers see: only
     // the replica comparison can find it. skip-seal-sync shows as acked
     // records lost with a sealed segment's tail (lost-write), often with
@@ -94,7 +107,12 @@ fn injected_bugs_are_found_and_the_clean_broker_passes() {
         (
             weir::bugs::SKIP_FSYNC,
             DEFAULT,
-            &["lost-write", "unavailable", "inconsistent-offsets"],
+            &[
+                "lost-write",
+                "unavailable",
+                "inconsistent-offsets",
+                "broker-task-ended",
+            ],
         ),
         (
             weir::bugs::FOLLOWER_RESTAMPS,

@@ -4,12 +4,15 @@
 //!
 //! With no flags it starts a single-broker cluster: id 1, data in
 //! `./weir-data`, clients on 127.0.0.1:7400, peers on 127.0.0.1:7401.
-//! Settings come from `--config FILE` (lines of `key = value`, `#` starts a
-//! comment) and flags, flags winning.
+//! Settings come from `--config FILE` (lines of `key = value`; a `#` at the
+//! start of a line or after whitespace starts a comment; a key may appear
+//! once) and flags, flags winning. Every setting is checked against its
+//! bounds before anything starts.
 
 use super::logging;
 use crate::broker::{self, BrokerConfig, Seams};
 use crate::io::{RealDisk, TcpNetwork, TokioClock};
+use crate::replication::driver::FsyncPolicy;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,11 +91,25 @@ fn boolean(key: &str, v: &str) -> Result<bool, String> {
     }
 }
 
-/// Parses `key = value` lines; errors name the line.
+/// Where a comment starts in a config line: at a `#` that begins the line
+/// or follows whitespace. A `#` inside a value (`a#b`) is part of it.
+fn comment_start(line: &str) -> Option<usize> {
+    let bytes = line.as_bytes();
+    (0..bytes.len()).find(|&i| bytes[i] == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()))
+}
+
+/// Parses `key = value` lines; errors name the line. A repeated key is an
+/// error naming both lines: one silently overriding the other hides typos
+/// in long files. Never panics, whatever the text.
 pub fn parse_config_file(text: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
+    let mut lines_of: BTreeMap<String, usize> = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
+        let line = match comment_start(line) {
+            Some(at) => &line[..at],
+            None => line,
+        }
+        .trim();
         if line.is_empty() {
             continue;
         }
@@ -110,9 +127,35 @@ pub fn parse_config_file(text: &str) -> Result<BTreeMap<String, String>, String>
                 KEYS.join(", ")
             ));
         }
+        if let Some(first) = lines_of.insert(k.to_string(), n + 1) {
+            return Err(format!(
+                "line {}: setting {k} is set twice (lines {first} and {}); keep one",
+                n + 1,
+                n + 1
+            ));
+        }
         out.insert(k.to_string(), v.to_string());
     }
     Ok(out)
+}
+
+/// Checks a `host:port` address: a host and a port from 1 to 65535.
+pub fn check_address(key: &str, v: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "setting {key} = '{v}' is not a valid address: {why}"
+        ))
+    };
+    let Some((host, port)) = v.rsplit_once(':') else {
+        return bad("it must be host:port, e.g. 127.0.0.1:7400");
+    };
+    if host.is_empty() {
+        return bad("the host is empty");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p >= 1 => Ok(()),
+        _ => bad("the port must be a number from 1 to 65535"),
+    }
 }
 
 /// Parses `id=host:port,id=host:port`.
@@ -126,9 +169,12 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
             .trim()
             .parse()
             .map_err(|_| format!("peer id '{id}' is not a positive integer"))?;
-        if !addr.contains(':') {
-            return Err(format!("peer address '{addr}' must be host:port"));
+        if id == 0 {
+            return Err(format!(
+                "setting peers: peer '{part}' has id 0; ids start at 1 (0 means 'none' in Raft)"
+            ));
         }
+        check_address("peers", addr.trim())?;
         if peers.insert(id, addr.trim().to_string()).is_some() {
             return Err(format!("peer id {id} appears twice in --peers"));
         }
@@ -143,6 +189,35 @@ fn number<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
     v.parse()
         .map_err(|_| format!("setting {key} must be a non-negative integer, got '{v}'"))
 }
+
+/// An integer setting within `[min, max]`; the error names the key, the
+/// value and the range.
+fn bounded<T>(key: &str, v: &str, min: T, max: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    match v.parse::<T>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        Ok(_) => Err(format!(
+            "setting {key} = {v} is out of range: it must be from {min} to {max}"
+        )),
+        Err(_) => Err(format!(
+            "setting {key} must be an integer from {min} to {max}, got '{v}'"
+        )),
+    }
+}
+
+/// Bounds of the settings (units last in the names). Zero periods are out:
+/// a timer with a zero period panics tokio, and would spin if it did not.
+pub const TICK_MS_MAX: u64 = 10_000;
+pub const RETENTION_CHECK_MS_MAX: u64 = 86_400_000;
+pub const CONNECTIONS_MAX_MAX: usize = 1_000_000;
+pub const IN_FLIGHT_PER_CONNECTION_MAX_MAX: usize = 65_536;
+pub const REQUEST_BYTES_IN_FLIGHT_MIN: usize = 1 << 20;
+pub const REQUEST_BYTES_IN_FLIGHT_MAX_MAX: usize = 1 << 40;
+pub const FSYNC_INTERVAL_MS_MAX: u64 = 3_600_000;
+pub const GROUP_COMMIT_GAP_US_MAX: u64 = 10_000_000;
+pub const PAGE_CACHE_KEEP_BYTES_MAX: u64 = 1 << 50;
 
 /// Merges defaults, the config file and flags.
 pub fn resolve(args: &BrokerArgs) -> Result<Resolved, String> {
@@ -169,57 +244,98 @@ pub fn resolve(args: &BrokerArgs) -> Result<Resolved, String> {
     set("peers", args.peers.clone());
     set("log_level", args.log_level.clone());
     set("fsync", args.fsync.clone());
-    build(&file)
+    let resolved = build(&file)?;
+    let dir = &resolved.broker.data_dir;
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!(
+            "setting data_dir = '{}' is not a directory",
+            dir.display()
+        ));
+    }
+    Ok(resolved)
 }
 
-fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
+/// Builds the settings from `key = value` pairs, checking each against its
+/// bounds. Pure (no file system): it never panics, whatever the pairs.
+pub fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
     let get = |k: &str, default: &str| s.get(k).cloned().unwrap_or_else(|| default.to_string());
-    let id: u64 = number("id", &get("id", "1"))?;
-    let data_dir = PathBuf::from(get("data_dir", "./weir-data"));
+    let id: u64 = bounded("id", &get("id", "1"), 1, u64::MAX)?;
+    let data_dir = get("data_dir", "./weir-data");
+    if data_dir.is_empty() || data_dir.contains('\0') {
+        return Err(format!(
+            "setting data_dir = '{data_dir}' is not a usable path: it must be non-empty, without NUL"
+        ));
+    }
+    let data_dir = PathBuf::from(data_dir);
     let listen = get("listen", "127.0.0.1:7400");
+    check_address("listen", &listen)?;
     let peer_listen = get("peer_listen", "127.0.0.1:7401");
+    check_address("peer_listen", &peer_listen)?;
     let mut broker = BrokerConfig::single(id, data_dir, &listen, &peer_listen);
     if let Some(p) = s.get("peers") {
         broker.peers = parse_peers(p)?;
     }
     broker.advertised_listen = s.get("advertised_listen").cloned();
+    if let Some(a) = &broker.advertised_listen {
+        check_address("advertised_listen", a)?;
+    }
     if let Some(v) = s.get("tick_ms") {
-        broker.driver.tick_ms = number("tick_ms", v)?;
+        broker.driver.tick_ms = bounded("tick_ms", v, 1, TICK_MS_MAX)?;
     }
     broker.driver.seed = match s.get("seed") {
         Some(v) => number("seed", v)?,
         None => id,
     };
     if let Some(v) = s.get("fsync") {
-        broker.driver.fsync = v.parse()?;
+        broker.driver.fsync = v.parse().map_err(|e| format!("setting {e}"))?;
+        if let FsyncPolicy::IntervalMs(ms) = broker.driver.fsync {
+            if ms > FSYNC_INTERVAL_MS_MAX {
+                return Err(format!(
+                    "setting fsync = {v} is out of range: the interval must be from 1 to \
+                     {FSYNC_INTERVAL_MS_MAX} ms"
+                ));
+            }
+        }
     }
     if let Some(v) = s.get("group_commit_gap_us") {
-        broker.driver.group_commit_gap_us = number("group_commit_gap_us", v)?;
+        broker.driver.group_commit_gap_us =
+            bounded("group_commit_gap_us", v, 0, GROUP_COMMIT_GAP_US_MAX)?;
     }
     if let Some(v) = s.get("group_commit_busy_bytes_per_sec") {
         broker.driver.group_commit_busy_bytes_per_sec =
             number("group_commit_busy_bytes_per_sec", v)?;
     }
     if let Some(v) = s.get("page_cache_keep_bytes") {
-        broker.page_cache_keep_bytes = number("page_cache_keep_bytes", v)?;
+        broker.page_cache_keep_bytes =
+            bounded("page_cache_keep_bytes", v, 0, PAGE_CACHE_KEEP_BYTES_MAX)?;
     }
     if let Some(v) = s.get("storage_min_free_bytes") {
         broker.storage_min_free_bytes = Some(number("storage_min_free_bytes", v)?);
     }
     if let Some(v) = s.get("retention_check_ms") {
-        broker.retention_check_ms = number("retention_check_ms", v)?;
+        broker.retention_check_ms = bounded("retention_check_ms", v, 1, RETENTION_CHECK_MS_MAX)?;
     }
     if let Some(v) = s.get("quiesce_idle_groups") {
         broker.driver.quiesce = boolean("quiesce_idle_groups", v)?;
     }
     if let Some(v) = s.get("max_connections") {
-        broker.limits.connections_max = number("max_connections", v)?;
+        broker.limits.connections_max = bounded("max_connections", v, 1, CONNECTIONS_MAX_MAX)?;
     }
     if let Some(v) = s.get("max_in_flight_per_connection") {
-        broker.limits.in_flight_per_connection_max = number("max_in_flight_per_connection", v)?;
+        broker.limits.in_flight_per_connection_max = bounded(
+            "max_in_flight_per_connection",
+            v,
+            1,
+            IN_FLIGHT_PER_CONNECTION_MAX_MAX,
+        )?;
     }
     if let Some(v) = s.get("max_request_bytes_in_flight") {
-        broker.limits.request_bytes_in_flight_max = number("max_request_bytes_in_flight", v)?;
+        broker.limits.request_bytes_in_flight_max = bounded(
+            "max_request_bytes_in_flight",
+            v,
+            REQUEST_BYTES_IN_FLIGHT_MIN,
+            REQUEST_BYTES_IN_FLIGHT_MAX_MAX,
+        )?;
     }
     if let Some(v) = s.get("max_peer_connections") {
         broker.peer_limits.connections_max = number("max_peer_connections", v)?;
@@ -228,7 +344,8 @@ fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
         broker.peer_limits.read_timeout_ms = number("peer_read_timeout_ms", v)?;
     }
     broker.validate().map_err(|e| e.to_string())?;
-    let log_level = logging::parse_level(&get("log_level", "info"))?;
+    let log_level = logging::parse_level(&get("log_level", "info"))
+        .map_err(|e| format!("setting log_level: {e}"))?;
     Ok(Resolved { broker, log_level })
 }
 
@@ -240,7 +357,7 @@ pub fn run(resolved: Resolved) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let seams = Seams {
             disk: Arc::new(RealDisk),
             net: Arc::new(TcpNetwork::default()),
@@ -250,7 +367,11 @@ pub fn run(resolved: Resolved) -> Result<(), String> {
         broker::run(resolved.broker, seams, shutdown_signal(logger))
             .await
             .map_err(|e| e.to_string())
-    })
+    });
+    // Whatever is still running (a blocked name lookup, say) must not keep
+    // a stopped broker's process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -334,9 +455,9 @@ mod tests {
         assert_eq!(r.broker.limits.request_bytes_in_flight_max, 16 << 20);
         assert_eq!(r.broker.limits.connections_max, 10);
         let small = parse_config_file("max_request_bytes_in_flight = 4096\n").unwrap();
-        assert!(build(&small).unwrap_err().contains("at least 1048576"));
+        assert!(build(&small).unwrap_err().contains("from 1048576"));
         let none = parse_config_file("max_in_flight_per_connection = 0\n").unwrap();
-        assert!(build(&none).unwrap_err().contains("at least 1"));
+        assert!(build(&none).unwrap_err().contains("from 1 to"));
     }
 
     #[test]
@@ -426,5 +547,111 @@ mod tests {
             let e = settings(text).unwrap_err();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+    /// Each setting, given a value outside its bounds, is refused with an
+    /// error naming the key and the value.
+    #[test]
+    fn every_setting_is_bounded() {
+        let bad = [
+            ("id", "0"),
+            ("id", "-1"),
+            ("data_dir", ""),
+            ("listen", "127.0.0.1"),
+            ("listen", "127.0.0.1:0"),
+            ("listen", "127.0.0.1:70000"),
+            ("listen", ":7400"),
+            ("advertised_listen", "example.com"),
+            ("peer_listen", "127.0.0.1:x"),
+            ("peers", "1=127.0.0.1"),
+            ("peers", "0=127.0.0.1:7401"),
+            ("log_level", "loud"),
+            ("tick_ms", "0"),
+            ("tick_ms", "100000"),
+            ("seed", "x"),
+            ("retention_check_ms", "0"),
+            ("retention_check_ms", "99999999999"),
+            ("max_connections", "0"),
+            ("max_in_flight_per_connection", "0"),
+            ("max_request_bytes_in_flight", "4096"),
+            ("fsync", "interval:0"),
+            ("fsync", "interval:99999999"),
+            ("quiesce_idle_groups", "yes"),
+            ("group_commit_gap_us", "99999999999"),
+            ("group_commit_busy_bytes_per_sec", "-5"),
+            ("page_cache_keep_bytes", "-1"),
+            ("storage_min_free_bytes", "4096"),
+            ("max_peer_connections", "0"),
+            ("peer_read_timeout_ms", "0"),
+        ];
+        for key in KEYS {
+            assert!(
+                bad.iter().any(|(k, _)| k == key),
+                "no bad value tested for {key}"
+            );
+        }
+        for (key, value) in bad {
+            let text = format!("{key} = {value}\n");
+            let e = parse_config_file(&text)
+                .and_then(|s| build(&s))
+                .expect_err(&text);
+            // A peer list's error names the entry at fault, not the list.
+            let value_named = e.contains(value) || key == "peers";
+            assert!(e.contains(key) && value_named, "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn zero_periods_say_the_range() {
+        let e = build(&parse_config_file("tick_ms = 0").unwrap()).unwrap_err();
+        assert!(
+            e.contains("tick_ms = 0") && e.contains("from 1 to 10000"),
+            "{e}"
+        );
+        let e = build(&parse_config_file("retention_check_ms = 0").unwrap()).unwrap_err();
+        assert!(
+            e.contains("retention_check_ms = 0") && e.contains("from 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_repeated_key_is_an_error_naming_both_lines() {
+        let e = parse_config_file("tick_ms = 50\n# x\ntick_ms = 60\n").unwrap_err();
+        assert!(e.contains("tick_ms") && e.contains("lines 1 and 3"), "{e}");
+    }
+
+    #[test]
+    fn a_hash_starts_a_comment_only_at_line_start_or_after_whitespace() {
+        let s = parse_config_file("data_dir = /var/weir#1 # the data\n#id = 7\n  # x\n").unwrap();
+        assert_eq!(s["data_dir"], "/var/weir#1");
+        assert!(!s.contains_key("id"));
+        let s = parse_config_file("id = 2#3").unwrap();
+        assert_eq!(s["id"], "2#3");
+        assert!(build(&s).unwrap_err().contains("'2#3'"));
+    }
+
+    #[test]
+    fn odd_text_never_panics() {
+        for text in [
+            "=",
+            "==",
+            "#",
+            "\u{0}",
+            "id",
+            "id =",
+            "= 3",
+            "é = é",
+            "peers = ,,,",
+            "peers = =",
+            "peers = 1=:",
+            "listen = [::1]:7400",
+            "listen = ::",
+            "fsync = interval:",
+            "tick_ms = 18446744073709551616",
+        ] {
+            let _ = parse_config_file(text).and_then(|s| build(&s));
+        }
+        let s = parse_config_file("listen = [::1]:7400").unwrap();
+        assert!(build(&s).is_ok());
     }
 }

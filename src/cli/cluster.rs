@@ -1,7 +1,7 @@
-//! `weir cluster describe` and `weir log-dirs describe`.
+//! `weir cluster describe | health` and `weir log-dirs describe`.
 
 use super::output::{table, ClientArgs, Json, Output};
-use crate::client::Admin;
+use crate::client::{Admin, Problem};
 
 #[derive(Debug, clap::Args)]
 pub struct ClusterArgs {
@@ -15,6 +15,10 @@ pub struct ClusterArgs {
 pub enum ClusterCommand {
     /// Lists the brokers and the controller leader.
     Describe,
+    /// Lists what is wrong: Raft groups fail-stopped on a broker (the
+    /// controller's, or a partition replica's, with the cause), brokers not
+    /// live or not answering. Exits 1 if anything is listed, 0 if healthy.
+    Health,
 }
 
 #[derive(Debug, clap::Args)]
@@ -36,14 +40,19 @@ pub enum LogDirsCommand {
     },
 }
 
-pub fn run_cluster(args: &ClusterArgs) -> Result<String, String> {
+/// Runs `weir cluster ...`: the output, and whether the cluster is healthy
+/// (always true but for `health`, whose exit status says it).
+pub fn run_cluster(args: &ClusterArgs) -> Result<(String, bool), String> {
     let config = args.client.config().map_err(|e| e.to_string())?;
     let out = args.client.output;
     super::output::runtime()?.block_on(async {
         let admin = Admin::connect(config).await.map_err(|e| e.to_string())?;
-        let ClusterCommand::Describe = args.command;
+        if let ClusterCommand::Health = args.command {
+            let problems = admin.health().await.map_err(|e| e.to_string())?;
+            return Ok((health(&problems, out), problems.is_empty()));
+        }
         let d = admin.describe_cluster().await.map_err(|e| e.to_string())?;
-        Ok(match out {
+        let text = match out {
             Output::Table => {
                 let rows: Vec<Vec<String>> = d
                     .brokers
@@ -92,8 +101,46 @@ pub fn run_cluster(args: &ClusterArgs) -> Result<String, String> {
                 .render()
                     + "\n"
             }
-        })
+        };
+        Ok((text, true))
     })
+}
+
+fn health(problems: &[Problem], out: Output) -> String {
+    match out {
+        Output::Table if problems.is_empty() => {
+            "Healthy: every broker live, no failed Raft group.\n".into()
+        }
+        Output::Table => {
+            let rows: Vec<Vec<String>> = problems
+                .iter()
+                .map(|p| vec![p.broker_id.to_string(), p.what.clone(), p.cause.clone()])
+                .collect();
+            table(&["BROKER", "FAILED", "CAUSE"], &rows)
+        }
+        Output::Json => {
+            Json::obj([
+                ("healthy", Json::Bool(problems.is_empty())),
+                (
+                    "problems",
+                    Json::Arr(
+                        problems
+                            .iter()
+                            .map(|p| {
+                                Json::obj([
+                                    ("broker_id", Json::UInt(p.broker_id)),
+                                    ("failed", Json::str(p.what.clone())),
+                                    ("cause", Json::str(p.cause.clone())),
+                                ])
+                            })
+                            .collect(),
+                    ),
+                ),
+            ])
+            .render()
+                + "\n"
+        }
+    }
 }
 
 pub fn run_log_dirs(args: &LogDirsArgs) -> Result<String, String> {
@@ -183,6 +230,14 @@ pub fn run_log_dirs(args: &LogDirsArgs) -> Result<String, String> {
                                                         Json::Int(p.log_start_offset),
                                                     ),
                                                     ("log_end_offset", Json::Int(p.log_end_offset)),
+                                                    (
+                                                        "failed",
+                                                        if p.failed.is_empty() {
+                                                            Json::Null
+                                                        } else {
+                                                            Json::str(p.failed.clone())
+                                                        },
+                                                    ),
                                                 ])
                                             })
                                             .collect(),

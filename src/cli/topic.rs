@@ -219,6 +219,16 @@ fn describe_table(d: &TopicDesc) -> String {
         ],
         &rows,
     ));
+    // A fail-stopped replica serves nothing until its broker restarts: say
+    // so, with the cause, rather than let it pass for a lagging follower.
+    for p in &d.partitions {
+        for (broker, cause) in &p.failed {
+            s.push_str(&format!(
+                "FAILED: partition {} on broker {broker}: {cause}\n",
+                p.partition
+            ));
+        }
+    }
     s.push_str("Config:\n");
     for (k, v) in &d.config {
         s.push_str(&format!("  {k}={v}\n"));
@@ -250,6 +260,20 @@ pub fn describe_json(d: &TopicDesc) -> Json {
                             ("log_start_offset", Json::Int(p.log_start_offset)),
                             ("high_watermark", Json::Int(p.high_watermark)),
                             ("size_bytes", Json::UInt(p.size_bytes)),
+                            (
+                                "failed",
+                                Json::Arr(
+                                    p.failed
+                                        .iter()
+                                        .map(|(broker, cause)| {
+                                            Json::obj([
+                                                ("broker", Json::UInt(*broker)),
+                                                ("cause", Json::str(cause.clone())),
+                                            ])
+                                        })
+                                        .collect(),
+                                ),
+                            ),
                         ])
                     })
                     .collect(),

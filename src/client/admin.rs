@@ -20,6 +20,8 @@ pub struct PartitionDesc {
     pub log_start_offset: i64,
     pub high_watermark: i64,
     pub size_bytes: u64,
+    /// Replicas fail-stopped on their broker: (broker, cause).
+    pub failed: Vec<(u64, String)>,
 }
 
 /// A described topic.
@@ -54,6 +56,19 @@ pub struct LogDir {
     pub partitions: Vec<LogDirPartition>,
     /// Set when the broker could not be asked.
     pub error: Option<String>,
+    /// Why the controller group is fail-stopped on this broker.
+    pub controller_failed: Option<String>,
+}
+
+/// A Raft group fail-stopped on one broker, or a broker that could not be
+/// asked: what `weir cluster health` lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub broker_id: u64,
+    /// "controller", "topic/partition", or "broker" (it could not be asked
+    /// or is not live).
+    pub what: String,
+    pub cause: String,
 }
 
 /// The admin client.
@@ -252,6 +267,7 @@ impl Admin {
                         data_dir: d.data_dir,
                         partitions,
                         error: None,
+                        controller_failed: Some(d.controller_failed).filter(|c| !c.is_empty()),
                     })
                 }
                 Ok(_) => return Err(unexpected()),
@@ -260,9 +276,52 @@ impl Admin {
                     data_dir: String::new(),
                     partitions: Vec::new(),
                     error: Some(e.to_string()),
+                    controller_failed: None,
                 }),
             }
         }
+        Ok(out)
+    }
+
+    /// What is wrong in the cluster: every Raft group fail-stopped on a
+    /// broker (the controller group, or a partition's replica), every
+    /// registered broker that is not live, and every live one that could not
+    /// be asked. Empty when all is well.
+    pub async fn health(&self) -> Result<Vec<Problem>, Error> {
+        let dirs = self.describe_log_dirs(&[]).await?;
+        let snap = self.client.snapshot();
+        let mut out = Vec::new();
+        for b in snap.brokers.values().filter(|b| !b.live) {
+            out.push(Problem {
+                broker_id: b.id,
+                what: "broker".into(),
+                cause: "not live (the controller has not heard from it)".into(),
+            });
+        }
+        for d in dirs {
+            if let Some(e) = d.error {
+                out.push(Problem {
+                    broker_id: d.broker_id,
+                    what: "broker".into(),
+                    cause: format!("could not be asked: {e}"),
+                });
+            }
+            if let Some(cause) = d.controller_failed {
+                out.push(Problem {
+                    broker_id: d.broker_id,
+                    what: "controller".into(),
+                    cause,
+                });
+            }
+            for p in d.partitions.into_iter().filter(|p| !p.failed.is_empty()) {
+                out.push(Problem {
+                    broker_id: d.broker_id,
+                    what: format!("{}/{}", p.topic, p.partition),
+                    cause: p.failed,
+                });
+            }
+        }
+        out.sort_by(|a, b| (a.broker_id, &a.what).cmp(&(b.broker_id, &b.what)));
         Ok(out)
     }
 
@@ -305,6 +364,16 @@ impl Admin {
                     .filter(|d| d.broker_id == p.leader_id)
                     .flat_map(|d| d.partitions.iter())
                     .find(|lp| lp.topic == name && lp.partition == p.partition);
+                let failed = dirs
+                    .iter()
+                    .flat_map(|d| {
+                        d.partitions
+                            .iter()
+                            .filter(|lp| lp.topic == name && lp.partition == p.partition)
+                            .filter(|lp| !lp.failed.is_empty())
+                            .map(|lp| (d.broker_id, lp.failed.clone()))
+                    })
+                    .collect();
                 let (log_start_offset, high_watermark, size_bytes) = match on_leader {
                     Some(lp) => (lp.log_start_offset, lp.log_end_offset, lp.size_bytes),
                     None => (-1, -1, 0),
@@ -317,6 +386,7 @@ impl Admin {
                     log_start_offset,
                     high_watermark,
                     size_bytes,
+                    failed,
                 }
             })
             .collect();

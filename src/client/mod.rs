@@ -9,7 +9,7 @@ pub mod metadata;
 pub mod partitioner;
 pub mod producer;
 
-pub use admin::{Admin, BrokerDesc, ClusterDesc, LogDir, PartitionDesc, TopicDesc};
+pub use admin::{Admin, BrokerDesc, ClusterDesc, LogDir, PartitionDesc, Problem, TopicDesc};
 pub use connection::{ClientError, Connection};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartAt};
 pub use metadata::{Client, ClientConfig};

@@ -727,7 +727,12 @@ impl Driver {
             let wake = tokio::select! {
                 biased;
                 due = ticker.tick() => Wake::Tick(due),
-                Some(done) = self.persist.done.recv() => Wake::Persisted(done),
+                done = self.persist.done.recv() => match done {
+                    Some(done) => Wake::Persisted(done),
+                    // Its jobs would never finish: stop the driver, so the
+                    // broker's supervision stops the broker (see broker.rs).
+                    None => panic!("the persister ended (its panic, if any, is logged above)"),
+                },
                 _ = sleep_until(held_until), if held_until.is_some() => Wake::Ready,
                 input = self.inputs.recv() => Wake::Input(input),
                 _ = std::future::ready(()), if more => Wake::Ready,

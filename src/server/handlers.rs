@@ -386,12 +386,14 @@ fn log_dirs(s: &Services, r: &DescribeLogDirsRequest) -> DescribeLogDirsResponse
         .into_iter()
         .filter(|((topic, _), _)| r.topics.is_empty() || r.topics.contains(topic))
         .map(|((topic, partition), replica)| {
+            let failed = failed_cause(s, replica.group);
             replica.log.with_log(|l| LogDirPartition {
                 topic,
                 partition,
                 size_bytes: l.size_bytes(),
                 log_start_offset: l.log_start_offset(),
                 log_end_offset: l.next_offset(),
+                failed,
             })
         })
         .collect();
@@ -399,7 +401,17 @@ fn log_dirs(s: &Services, r: &DescribeLogDirsRequest) -> DescribeLogDirsResponse
         broker_id: s.self_id,
         data_dir: s.data_dir.display().to_string(),
         partitions,
+        controller_failed: failed_cause(s, crate::cluster::controller::CONTROLLER_GROUP),
     }
+}
+
+/// Why `group` is fail-stopped on this broker, or "" if it is not.
+fn failed_cause(s: &Services, group: u64) -> String {
+    s.partitions
+        .board
+        .get(group)
+        .and_then(|st| st.failed)
+        .unwrap_or_default()
 }
 
 fn broker_stats(s: &Services, reset_timings: bool) -> DescribeBrokerStatsResponse {

@@ -215,6 +215,12 @@ fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
     if let Some(v) = s.get("max_request_bytes_in_flight") {
         broker.limits.request_bytes_in_flight_max = number("max_request_bytes_in_flight", v)?;
     }
+    if let Some(v) = s.get("request_read_timeout_ms") {
+        broker.limits.request_read_timeout_ms = number("request_read_timeout_ms", v)?;
+    }
+    if let Some(v) = s.get("connection_idle_timeout_ms") {
+        broker.limits.connection_idle_timeout_ms = number("connection_idle_timeout_ms", v)?;
+    }
     broker.validate().map_err(|e| e.to_string())?;
     let log_level = logging::parse_level(&get("log_level", "info"))?;
     Ok(Resolved { broker, log_level })

@@ -226,3 +226,27 @@ pub async fn serve_clients(
     drop(listener);
     while connections.join_next().await.is_some() {}
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::broker::BrokerConfig;
+
+    fn validated(adjust: impl Fn(&mut BrokerConfig)) -> Result<(), String> {
+        let mut c = BrokerConfig::single(1, "/nonexistent".into(), "127.0.0.1:1", "127.0.0.1:2");
+        adjust(&mut c);
+        c.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn timeouts_out_of_bounds_are_refused_naming_the_key_and_range() {
+        assert_eq!(validated(|_| {}), Ok(()));
+        let e = validated(|c| c.limits.request_read_timeout_ms = 0).unwrap_err();
+        assert!(
+            e.contains("request_read_timeout_ms is 0; it must be from 100 to 600000"),
+            "{e}"
+        );
+        let e = validated(|c| c.limits.connection_idle_timeout_ms = 999).unwrap_err();
+        assert!(e.contains("connection_idle_timeout_ms is 999"), "{e}");
+        assert!(validated(|c| c.limits.request_read_timeout_ms = 100).is_ok());
+    }
+}

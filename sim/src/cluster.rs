@@ -983,6 +983,7 @@ fn error_outcome(code: i32) -> Outcome {
         ErrorCode::InvalidRequest,
         ErrorCode::CorruptMessage,
         ErrorCode::MessageTooLarge,
+        ErrorCode::InvalidRecord,
     ];
     if definite.iter().any(|c| *c as i32 == code) {
         Outcome::Failed

@@ -92,10 +92,10 @@ pub const CONNECTION_IDLE_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> =
 /// [`ServerLimits::request_bytes_in_flight_max`]).
 ///
 /// A connection takes from it the bytes of a request's body as they
-/// arrive, a read at a time (at most one read, 64 KiB, is in memory before
-/// it is counted), not the length its header announces: a client that
-/// announces 16 MiB and sends nothing holds nothing, and one that trickles
-/// holds what it sent. Taking a little at a time could deadlock (every
+/// arrive, a read at a time (at most one read per connection, the read
+/// buffer's spare room, is in memory before it is counted), not the length
+/// its header announces: a client that announces 16 MiB and sends nothing
+/// holds nothing, and one that trickles holds what it sent. Taking a little at a time could deadlock (every
 /// request half-read, each waiting for bytes the others hold), so when the
 /// budget is short one request at a time may overdraw it: it reads the rest
 /// of its body regardless, and holds the overdraft until its response is

@@ -127,6 +127,26 @@ impl BrokerConfig {
                 )));
             }
         }
+        for (key, value_ms, range) in [
+            (
+                "request_read_timeout_ms",
+                self.limits.request_read_timeout_ms,
+                crate::server::REQUEST_READ_TIMEOUT_MS_RANGE,
+            ),
+            (
+                "connection_idle_timeout_ms",
+                self.limits.connection_idle_timeout_ms,
+                crate::server::CONNECTION_IDLE_TIMEOUT_MS_RANGE,
+            ),
+        ] {
+            if !range.contains(&value_ms) {
+                return Err(BrokerError::Config(format!(
+                    "{key} is {value_ms}; it must be from {} to {}",
+                    range.start(),
+                    range.end()
+                )));
+            }
+        }
         if self.limits.connections_max == 0 || self.limits.in_flight_per_connection_max == 0 {
             return Err(BrokerError::Config(
                 "max_connections and max_in_flight_per_connection must be at least 1".into(),

@@ -19,6 +19,7 @@
 //! - [`cli`]: what the `weir` command runs (the broker, logging).
 //! - [`bugs`]: deliberate bugs the simulator injects (feature `inject-bugs`).
 //! - [`bench`]: the `weir bench` benchmarks, measuring storage on this machine.
+//! - [`fuzzing`]: what each fuzz target in `fuzz/` runs on an input.
 
 pub mod bench;
 pub mod broker;
@@ -26,6 +27,7 @@ pub mod bugs;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod fuzzing;
 pub mod io;
 pub mod partition;
 pub mod replication;

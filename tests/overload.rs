@@ -1,11 +1,16 @@
 //! A broker under more request bytes than its budget allows: every request
 //! still completes, one larger than the whole budget included, and nothing
 //! is lost (the budget only delays reading; see `server::RequestBudget`).
+//! And clients that announce requests and send them slowly, or never, hold
+//! no budget others need and are closed after `request_read_timeout_ms`.
 
 mod common;
 
 use common::*;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use weir::proto::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,4 +64,121 @@ async fn requests_beyond_the_budget_wait_and_all_complete() {
         records += read_all(&conn, "flood", p).await.len();
     }
     assert_eq!(records, 8 * 12 + 1);
+}
+
+/// Produces 16 batches of 256 KiB (4 MiB, a quarter of the default budget)
+/// over four connections and reads them back, all within `secs` seconds.
+async fn others_produce_and_fetch(cluster: &Cluster, topic: &str, secs: u64) {
+    let work = async {
+        let value = "w".repeat(256 * 1024);
+        let mut tasks = Vec::new();
+        for c in 0..4u32 {
+            let conn = cluster.connect(1).await;
+            let batch = batch_of(&[event(&format!("{c}"), &value)]);
+            let topic = topic.to_string();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..4 {
+                    let resp = produce(&conn, &topic, c % 2, &batch, Acks::All).await;
+                    assert!(resp.error.is_none(), "{:?}", resp.error);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let conn = cluster.connect(1).await;
+        read_all(&conn, topic, 0).await.len() + read_all(&conn, topic, 1).await.len()
+    };
+    let records = tokio::time::timeout(Duration::from_secs(secs), work)
+        .await
+        .expect("other clients stalled");
+    assert_eq!(records, 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_announcing_16_mib_and_nothing_else_stalls_no_one() {
+    let cluster = Cluster::start(1).await;
+    wait_for_cluster(&cluster).await;
+    create_led(&cluster, "held", 2, 1).await;
+    // Announces a frame of the cap (16 MiB, the whole default budget), sends
+    // a few bytes of it, and holds the connection open.
+    let mut held = TcpStream::connect(cluster.client_addr(1)).await.unwrap();
+    held.write_all(&(16u32 << 20).to_be_bytes()).await.unwrap();
+    held.write_all(&[0x08, 0x01]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    others_produce_and_fetch(&cluster, "held", 5).await;
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_trickling_large_frames_stall_no_one() {
+    let cluster = Cluster::start(1).await;
+    wait_for_cluster(&cluster).await;
+    create_led(&cluster, "trickle", 2, 1).await;
+    // Twenty clients announce 1 MiB each (20 MiB, more than the 16 MiB
+    // budget) and send a byte every 50 ms.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut tricklers = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(cluster.client_addr(1)).await.unwrap();
+        let stop = stop.clone();
+        tricklers.push(tokio::spawn(async move {
+            s.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+            loop {
+                tokio::select! {
+                    _ = stop.notified() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+                if s.write_all(&[0]).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    others_produce_and_fetch(&cluster, "trickle", 5).await;
+    stop.notify_waiters();
+    for t in tricklers {
+        t.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_is_answered_and_closed_after_the_timeout() {
+    let cluster = Cluster::start_with(1, |c| {
+        c.limits.request_read_timeout_ms = 500;
+        c.limits.connection_idle_timeout_ms = 1000;
+    })
+    .await;
+    wait_for_cluster(&cluster).await;
+    let mut stalled = TcpStream::connect(cluster.client_addr(1)).await.unwrap();
+    stalled.write_all(&1000u32.to_be_bytes()).await.unwrap();
+    stalled.write_all(&[0x08, 0x01]).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut reply))
+        .await
+        .expect("the broker closes the connection")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // One INVALID_REQUEST response saying why, then the end of the stream.
+    assert!(reply.len() > 4, "no answer before closing");
+    let resp: ClientResponse = weir::io::frame::decode_message(&reply[4..]).unwrap();
+    let err = resp.error.expect("an error");
+    assert_eq!(err.code, ErrorCode::InvalidRequest as i32);
+    assert!(
+        err.message.contains("request_read_timeout_ms"),
+        "{}",
+        err.message
+    );
+
+    // A connection that sends nothing is closed after the idle timeout.
+    let mut idle = TcpStream::connect(cluster.client_addr(1)).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut [0u8; 16]))
+        .await
+        .expect("the broker closes an idle connection")
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(900));
 }

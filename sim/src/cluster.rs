@@ -52,6 +52,13 @@ pub struct Options {
     pub producers: u32,
     pub consumers: u32,
     pub keys: u32,
+    /// Produces of batches only a broker may write (Weir's Raft conf change
+    /// key in a control batch, see [`hostile`]) sent during the safety
+    /// phase. Each must be refused (INVALID_RECORD); one accepted would
+    /// fail-stop its partition on every replica, which the `unavailable`
+    /// checker then reports, and is reported as `hostile-write-accepted`
+    /// in the trace.
+    pub hostile_writes: u32,
     /// Bit set of `weir::bugs` to switch on.
     pub bugs: u32,
 }
@@ -70,6 +77,7 @@ impl Default for Options {
             producers: 3,
             consumers: 2,
             keys: 8,
+            hostile_writes: 0,
             bugs: 0,
         }
     }
@@ -298,6 +306,9 @@ async fn run_clients(world: Shared, o: Rc<Options>) -> turmoil::Result {
         tasks.push(spawn_local(producer(world.clone(), o.clone(), i)));
     }
     tasks.push(spawn_local(auditor(world.clone(), o.clone())));
+    if o.hostile_writes > 0 {
+        tasks.push(spawn_local(hostile(world.clone(), o.clone())));
+    }
     tasks.push(spawn_local(prober(world.clone(), o.clone())));
     tasks.push(spawn_local(crate::admin::admin(world.clone(), o.clone())));
     // The last consumer starts in the quiet phase: a fresh reader of the
@@ -1002,6 +1013,50 @@ async fn produce_once(
     }
 }
 
+/// A client that writes what only a broker may: `hostile_writes` control
+/// batches carrying Weir's Raft conf change key (with a value that is no
+/// conf change), one every 200 ms of the safety phase, each to the next
+/// partition of the first topic on the next broker (every broker validates
+/// before it checks leadership). Outcomes go to the trace; the checkers
+/// see the damage an accepted one does.
+async fn hostile(w: Shared, o: Rc<Options>) {
+    let mut conns = Conns::default();
+    wait_for(&w, Phase::Safety).await;
+    let partitions = w.borrow().base_partitions;
+    for n in 0..o.hostile_writes {
+        let at_p = w.borrow().locate(n % partitions.max(1));
+        let to = u64::from(n) % o.brokers + 1;
+        let batch = BatchBuilder::control(
+            weir::types::ControlType::RaftConfChange,
+            Bytes::from_static(b"not a conf change"),
+            crate::SIM_EPOCH_MS,
+        );
+        let req = Req::Produce(ProduceRequest {
+            topic: at_p.0.into(),
+            partition: at_p.1,
+            acks: Acks::All as i32,
+            batch: batch.as_bytes().clone(),
+            timeout_ms: 2000,
+        });
+        let outcome = match conns.ask(to, req).await {
+            Ok(Resp::Produce(p)) => match p.error {
+                Some(e) if e.code == ErrorCode::InvalidRecord as i32 => "refused".to_string(),
+                Some(e) => format!("answered {:?}", ErrorCode::try_from(e.code)),
+                None => format!("hostile-write-accepted at offset {}", p.base_offset),
+            },
+            Ok(_) | Err(_) => "no answer".to_string(),
+        };
+        note(
+            &w,
+            format!(
+                "hostile control batch to {}/{} on broker {to}: {outcome}",
+                at_p.0, at_p.1
+            ),
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Errors a broker returns only before proposing are definite failures.
 /// NOT_LEADER and LEADER_NOT_AVAILABLE are not: a leader that steps down
 /// fails its waiting writers with them, and their entries may still commit.
@@ -1015,6 +1070,7 @@ fn error_outcome(code: i32) -> Outcome {
         // Both answered before anything is proposed.
         ErrorCode::OutOfSpace,
         ErrorCode::BrokerNotReady,
+        ErrorCode::InvalidRecord,
     ];
     if definite.iter().any(|c| *c as i32 == code) {
         Outcome::Failed

@@ -57,6 +57,10 @@ struct Args {
     consumers: u32,
     #[arg(long, default_value_t = 8)]
     keys: u32,
+    /// Produces of batches only a broker may write (a Raft conf change in a
+    /// control batch) sent during the safety phase; each must be refused.
+    #[arg(long, default_value_t = 0)]
+    hostile_writes: u32,
     /// Seeds run at once, each in its own worker process [default: the
     /// number of CPUs]. The output is the same for any value.
     #[arg(long)]
@@ -115,6 +119,7 @@ fn options(a: &Args) -> Result<Options, String> {
         producers: a.producers,
         consumers: a.consumers,
         keys: a.keys,
+        hostile_writes: a.hostile_writes,
         bugs: bug_bits(&a.inject_bug)?,
     })
 }

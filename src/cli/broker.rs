@@ -79,6 +79,8 @@ const KEYS: &[&str] = &[
     "max_peer_connections",
     "peer_read_timeout_ms",
     "storage_min_free_bytes",
+    "request_read_timeout_ms",
+    "connection_idle_timeout_ms",
 ];
 
 fn boolean(key: &str, v: &str) -> Result<bool, String> {
@@ -343,6 +345,12 @@ pub fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
     if let Some(v) = s.get("peer_read_timeout_ms") {
         broker.peer_limits.read_timeout_ms = number("peer_read_timeout_ms", v)?;
     }
+    if let Some(v) = s.get("request_read_timeout_ms") {
+        broker.limits.request_read_timeout_ms = number("request_read_timeout_ms", v)?;
+    }
+    if let Some(v) = s.get("connection_idle_timeout_ms") {
+        broker.limits.connection_idle_timeout_ms = number("connection_idle_timeout_ms", v)?;
+    }
     broker.validate().map_err(|e| e.to_string())?;
     let log_level = logging::parse_level(&get("log_level", "info"))
         .map_err(|e| format!("setting log_level: {e}"))?;
@@ -582,6 +590,8 @@ mod tests {
             ("storage_min_free_bytes", "4096"),
             ("max_peer_connections", "0"),
             ("peer_read_timeout_ms", "0"),
+            ("request_read_timeout_ms", "0"),
+            ("connection_idle_timeout_ms", "5"),
         ];
         for key in KEYS {
             assert!(

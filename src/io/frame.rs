@@ -194,6 +194,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Bytes of the next frame's payload already buffered, at most its
+    /// announced length; 0 until its header is in. A server counts a
+    /// request's memory by this as its body arrives.
+    pub fn buffered_payload_bytes(&self) -> usize {
+        match self.announced_len() {
+            Ok(Some(len)) => (self.buf.len() - HEADER_BYTES).min(len),
+            _ => 0,
+        }
+    }
+
+    /// The next frame if it has arrived whole, without reading.
+    pub fn try_take_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
+        self.take_frame()
+    }
+
+    /// Reads once more from the stream into the buffer (at most a chunk
+    /// beyond what the buffer holds); returns how many bytes arrived, 0 at
+    /// the end of the stream. Cancel safe, like [`Self::read_frame`].
+    pub async fn read_more(&mut self) -> Result<usize, FrameError> {
+        self.fill().await
+    }
+
     /// The payload length announced by the buffered header, if it is all in.
     fn announced_len(&self) -> Result<Option<usize>, FrameError> {
         let Some(header) = self.buf.get(..HEADER_BYTES) else {

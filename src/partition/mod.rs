@@ -418,6 +418,50 @@ pub fn validate_batch(bytes: Bytes, max_bytes: usize) -> Result<RecordBatch, Par
             ),
         ));
     }
-    RecordBatch::parse_full(bytes, max_bytes)
-        .map_err(|e| PartitionError::new(ErrorCode::CorruptMessage, e.to_string()))
+    let batch = RecordBatch::parse_full(bytes, max_bytes)
+        .map_err(|e| PartitionError::new(ErrorCode::CorruptMessage, e.to_string()))?;
+    check_client_batch(&batch.header())?;
+    Ok(batch)
+}
+
+/// Attribute bits a client's batch may set: compression (which must be
+/// none, checked by the parser) and nothing else. Timestamp type 3 (log
+/// append time), transactional 4, control 5 and Kafka's delete-horizon 6
+/// are the broker's, and bits above are unassigned.
+const CLIENT_ATTRIBUTES_MASK: i16 = 0x07;
+
+/// Refuses a batch that says more than "these records": a client writes
+/// data, and only data. Weir interprets control batches itself (its Raft
+/// configuration changes travel in them), so a client-sent one would be
+/// taken for the broker's own on every replica; Kafka refuses control
+/// batches from clients with INVALID_RECORD too. Weir has no idempotent or
+/// transactional producers, so a producer id, epoch or sequence (which
+/// Kafka's non-idempotent producers leave at -1) would promise
+/// deduplication and ordering that nothing here provides.
+fn check_client_batch(h: &crate::types::BatchHeader) -> Result<(), PartitionError> {
+    let refuse = |what: String| {
+        Err(PartitionError::new(
+            ErrorCode::InvalidRecord,
+            format!("{what}; Weir accepts data batches only, as a non-idempotent Kafka producer writes them"),
+        ))
+    };
+    if h.is_control() {
+        return refuse("control batches are written by the broker, not by clients".into());
+    }
+    if h.is_transactional() {
+        return refuse("transactional batches are not supported".into());
+    }
+    if h.attributes & !CLIENT_ATTRIBUTES_MASK != 0 {
+        return refuse(format!(
+            "batch attributes {:#06x} set bits only the broker may set (only compression, bits 0-2, is the client's)",
+            h.attributes
+        ));
+    }
+    if h.producer_id != -1 || h.producer_epoch != -1 || h.base_sequence != -1 {
+        return refuse(format!(
+            "producer id {}, epoch {} and base sequence {} must all be -1 (idempotent producers are not supported)",
+            h.producer_id, h.producer_epoch, h.base_sequence
+        ));
+    }
+    Ok(())
 }

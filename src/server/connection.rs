@@ -4,22 +4,27 @@
 //! answered with an INVALID_REQUEST error and the connection is closed: the
 //! stream can no longer be trusted to be in step.
 //!
-//! Before a request's body is read, the reader takes its size from the
-//! broker-wide [`RequestBudget`] and holds it until the response is queued:
-//! when every connection together has that many bytes of requests in
-//! progress, readers stop reading and TCP pushes back on the clients,
-//! however many connect.
+//! A request's body takes its bytes from the broker-wide [`RequestBudget`]
+//! as they arrive and holds them until the response is queued: when every
+//! connection together has that many bytes of requests in progress,
+//! readers stop reading and TCP pushes back on the clients, however many
+//! connect. A client that announces a large request and sends it slowly or
+//! not at all holds only what it sent, and only for
+//! `request_read_timeout_ms`: then it is answered INVALID_REQUEST and the
+//! connection is closed. A connection with nothing in progress is closed
+//! after `connection_idle_timeout_ms`.
 
 use super::handlers::{self, Services};
-use super::{RequestBudget, ServerLimits};
+use super::{BudgetHold, RequestBudget, ServerLimits};
 use crate::io::frame::{self, FrameError, FrameReader};
 use crate::io::net::BoxStream;
 use crate::proto::{ClientRequest, ClientResponse, Error, ErrorCode};
 use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 /// Serves one connection until the client closes it, sends garbage, or
@@ -95,23 +100,61 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         F: Future<Output = ClientResponse> + Send + 'static,
     {
         let in_flight = Arc::new(Semaphore::new(limits.in_flight_per_connection_max));
+        let idle = Duration::from_millis(limits.connection_idle_timeout_ms);
+        let body = Duration::from_millis(limits.request_read_timeout_ms);
         let mut handlers = JoinSet::new();
         loop {
             while handlers.try_join_next().is_some() {}
-            // Waiting for memory and reading a frame are cancel safe:
-            // stopping midway loses nothing that matters, since the
+            // Waiting for a header, for memory and for a body are cancel
+            // safe: stopping midway loses nothing that matters, since the
             // connection is closing.
+            let header = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                header = tokio::time::timeout(idle, self.frames.next_frame_len()) => header,
+            };
+            let len = match header {
+                Ok(Ok(Some(len))) => len,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    let _ = tx.send(invalid(0, format!("unreadable frame: {e}"))).await;
+                    slog::debug!(self.logger, "closing client connection"; "remote" => &self.addr, "error" => %e);
+                    break;
+                }
+                // Requests still in progress: the client is waiting for
+                // them, not idle.
+                Err(_) if !handlers.is_empty() => continue,
+                Err(_) => {
+                    slog::info!(self.logger, "closing idle client connection";
+                        "remote" => &self.addr, "idle_ms" => limits.connection_idle_timeout_ms);
+                    break;
+                }
+            };
             let read = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,
-                read = self.admit_frame() => read,
+                read = self.read_body(body) => read,
             };
             let (frame, memory) = match read {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
+                Ok(f) => f,
+                Err(BodyError::Frame(e)) => {
                     let _ = tx.send(invalid(0, format!("unreadable frame: {e}"))).await;
                     slog::debug!(self.logger, "closing client connection"; "remote" => &self.addr, "error" => %e);
+                    break;
+                }
+                Err(BodyError::Closed) => break,
+                Err(BodyError::TimedOut { received_bytes }) => {
+                    let message = format!(
+                        "request of {len} bytes not received within {} ms \
+                         (request_read_timeout_ms; {received_bytes} bytes arrived): \
+                         closing the connection",
+                        limits.request_read_timeout_ms
+                    );
+                    slog::warn!(self.logger, "closing client connection: request body too slow";
+                        "remote" => &self.addr, "frame_bytes" => len,
+                        "received_bytes" => received_bytes,
+                        "timeout_ms" => limits.request_read_timeout_ms);
+                    let _ = tx.send(invalid(0, message)).await;
                     break;
                 }
             };
@@ -139,20 +182,48 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         while handlers.join_next().await.is_some() {}
     }
 
-    /// The next frame, once the budget has room for it; `None` at the end
-    /// of the stream.
-    async fn admit_frame(&mut self) -> Result<Option<(Bytes, OwnedSemaphorePermit)>, FrameError> {
-        let Some(len) = self.frames.next_frame_len().await? else {
-            return Ok(None);
-        };
-        let Some(memory) = self.budget.reserve(len).await else {
-            return Ok(None);
-        };
-        let frame = self.frames.read_frame().await?;
-        // The header read above announced this frame; a clean end before
-        // its body is a truncation.
-        Ok(Some((frame.ok_or(FrameError::Truncated)?, memory)))
+    /// The body of the frame whose header is in, with the
+    /// budget it holds: every read is counted before the next one, and the
+    /// reads together may wait at most `timeout` for the stream (waiting
+    /// for the budget does not count, since that is the broker's doing).
+    async fn read_body(&mut self, timeout: Duration) -> Result<(Bytes, BudgetHold), BodyError> {
+        let mut hold = BudgetHold::default();
+        let mut left = timeout;
+        loop {
+            let received = self.frames.buffered_payload_bytes();
+            if !self.budget.cover(&mut hold, received).await {
+                return Err(BodyError::Closed);
+            }
+            if let Some(frame) = self.frames.try_take_frame().map_err(BodyError::Frame)? {
+                return Ok((frame, hold));
+            }
+            let started = tokio::time::Instant::now();
+            let read = tokio::time::timeout(left, self.frames.read_more()).await;
+            match read {
+                Err(_) => {
+                    return Err(BodyError::TimedOut {
+                        received_bytes: received,
+                    })
+                }
+                Ok(Err(e)) => return Err(BodyError::Frame(e)),
+                // The header announced this frame: a clean end before its
+                // body is a truncation.
+                Ok(Ok(0)) => return Err(BodyError::Frame(FrameError::Truncated)),
+                Ok(Ok(_)) => {}
+            }
+            left = left.saturating_sub(started.elapsed());
+        }
     }
+}
+
+/// Why a request's body was not read.
+enum BodyError {
+    Frame(FrameError),
+    TimedOut {
+        received_bytes: usize,
+    },
+    /// The budget closed (never happens).
+    Closed,
 }
 
 fn invalid(correlation_id: u64, message: String) -> ClientResponse {
@@ -260,12 +331,57 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_wait_for_the_budget_and_the_client_is_pushed_back() {
         // 1 MiB holds three requests of a little over 256 KiB; the fourth
-        // waits for memory with its body unread, so the client, with six
-        // more to send than a 64 KiB pipe holds, cannot finish sending.
-        assert_eq!(started_while_held(1024 * 1024).await, (3, false));
+        // takes the rest and overdraws for what is missing; the fifth waits
+        // for memory with its body (beyond one read) unread, so the client,
+        // with five more to send than a 64 KiB pipe holds, cannot finish
+        // sending.
+        assert_eq!(started_while_held(1024 * 1024).await, (4, false));
         // With room for all of them, all ten start while none is answered:
         // the limit above is the budget's, not the connection's.
         assert_eq!(started_while_held(64 * 1024 * 1024).await, (10, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_announced_body_holds_only_what_arrived_and_times_out() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let budget = RequestBudget::new(1024 * 1024);
+        let (_stop, stopped) = watch::channel(false);
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let limits = ServerLimits {
+            request_read_timeout_ms: 5_000,
+            ..ServerLimits::default()
+        };
+        let handle = |req: ClientRequest| async move {
+            ClientResponse {
+                correlation_id: req.correlation_id,
+                error: None,
+                body: None,
+            }
+        };
+        let served = tokio::spawn(serve_with(
+            server,
+            "test".into(),
+            logger,
+            limits,
+            budget.clone(),
+            stopped,
+            handle,
+        ));
+        // Announces 16 MiB and sends 1000 bytes of it: the budget lends
+        // those 1000 bytes, not 16 MiB.
+        use tokio::io::AsyncWriteExt;
+        client
+            .write_all(&(16u32 << 20).to_be_bytes())
+            .await
+            .unwrap();
+        client.write_all(&[0u8; 1000]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(4_000)).await;
+        assert_eq!(budget.available_bytes(), 1024 * 1024 - 1000);
+        assert!(!served.is_finished());
+        // Then the read timeout closes the connection and returns them.
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        assert!(served.is_finished());
+        assert_eq!(budget.available_bytes(), 1024 * 1024);
     }
 
     #[tokio::test(start_paused = true)]

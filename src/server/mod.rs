@@ -28,10 +28,20 @@ pub struct ServerLimits {
     pub frame_bytes_max: usize,
     /// Bytes of client requests in progress at once, all connections
     /// together (Kafka's `queued.max.request.bytes`; Redpanda bounds the
-    /// same with a memory semaphore). A request counts from before its body
-    /// is read until its response is queued; at the limit, connections stop
-    /// reading and TCP pushes back on the clients.
+    /// same with a memory semaphore). A request counts its bytes as they
+    /// arrive (not as its header announces them) until its response is
+    /// queued; at the limit, connections stop reading and TCP pushes back
+    /// on the clients. See [`RequestBudget`].
     pub request_bytes_in_flight_max: usize,
+    /// Once a request's header is in, its body must arrive within this
+    /// (time spent waiting for the budget does not count), or the
+    /// connection is answered INVALID_REQUEST and closed: a client that
+    /// announces a request and then sends it slowly, or never, holds its
+    /// connection slot and the bytes it sent for this long at most.
+    pub request_read_timeout_ms: u64,
+    /// A connection with no request in progress and none arriving for this
+    /// long is closed (Kafka's `connections.max.idle.ms`, same default).
+    pub connection_idle_timeout_ms: u64,
 }
 
 impl Default for ServerLimits {
@@ -41,6 +51,8 @@ impl Default for ServerLimits {
             in_flight_per_connection_max: 64,
             frame_bytes_max: crate::io::frame::FRAME_BYTES_MAX,
             request_bytes_in_flight_max: REQUEST_BYTES_IN_FLIGHT_MAX_DEFAULT,
+            request_read_timeout_ms: REQUEST_READ_TIMEOUT_MS_DEFAULT,
+            connection_idle_timeout_ms: CONNECTION_IDLE_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -54,12 +66,65 @@ impl Default for ServerLimits {
 /// (`scripts/overload-memory.sh`).
 pub const REQUEST_BYTES_IN_FLIGHT_MAX_DEFAULT: usize = 16 * 1024 * 1024;
 
+/// The default of [`ServerLimits::request_read_timeout_ms`]: Weir's
+/// clients give up on a request after 10 s (`request_timeout`), so a body
+/// still arriving later serves no one. A 16 MiB frame (the cap) then needs
+/// 1.7 MB/s, far below any link a broker is used over.
+pub const REQUEST_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Bounds of [`ServerLimits::request_read_timeout_ms`]: below 100 ms a
+/// busy network's stall would cut honest requests; above 10 minutes a
+/// stalled request would outlive any client waiting for it.
+pub const REQUEST_READ_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=600_000;
+
+/// The default of [`ServerLimits::connection_idle_timeout_ms`]: Kafka's
+/// `connections.max.idle.ms`. Clients keep their connections busy with
+/// fetches and metadata refreshes, so only abandoned ones reach it.
+pub const CONNECTION_IDLE_TIMEOUT_MS_DEFAULT: u64 = 600_000;
+
+/// Bounds of [`ServerLimits::connection_idle_timeout_ms`]: at least a
+/// second, so that a client between two requests is not cut, and at most a
+/// week (beyond that, a forgotten connection is as good as never closed).
+pub const CONNECTION_IDLE_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> =
+    1_000..=7 * 24 * 3600 * 1000;
+
 /// The broker-wide budget of bytes of client requests in progress (see
 /// [`ServerLimits::request_bytes_in_flight_max`]).
+///
+/// A connection takes from it the bytes of a request's body as they
+/// arrive, a read at a time (at most one read per connection, the read
+/// buffer's spare room, is in memory before it is counted), not the length
+/// its header announces: a client that announces 16 MiB and sends nothing
+/// holds nothing, and one that trickles holds what it sent. Taking a little at a time could deadlock (every
+/// request half-read, each waiting for bytes the others hold), so when the
+/// budget is short one request at a time may overdraw it: it reads the rest
+/// of its body regardless, and holds the overdraft until its response is
+/// queued. Memory is then bounded by the budget plus one frame, and some
+/// request always completes.
 #[derive(Clone, Debug)]
 pub struct RequestBudget {
     bytes: Arc<Semaphore>,
+    overdraft: Arc<Semaphore>,
     bytes_max: usize,
+}
+
+/// What a request holds of the [`RequestBudget`]: released when dropped.
+#[derive(Debug, Default)]
+pub struct BudgetHold {
+    bytes: Option<OwnedSemaphorePermit>,
+    overdraft: Option<OwnedSemaphorePermit>,
+}
+
+impl BudgetHold {
+    /// Bytes held from the budget proper (not the overdraft).
+    pub fn bytes(&self) -> usize {
+        self.bytes.as_ref().map_or(0, |p| p.num_permits())
+    }
+
+    /// Whether this request overdraws the budget.
+    pub fn overdraws(&self) -> bool {
+        self.overdraft.is_some()
+    }
 }
 
 impl RequestBudget {
@@ -67,19 +132,51 @@ impl RequestBudget {
         let bytes_max = bytes_max.clamp(1, Semaphore::MAX_PERMITS);
         RequestBudget {
             bytes: Arc::new(Semaphore::new(bytes_max)),
+            overdraft: Arc::new(Semaphore::new(1)),
             bytes_max,
         }
     }
 
-    /// Waits until `len_bytes` are free and takes them until the permit is
-    /// dropped. A request larger than the whole budget takes all of it, so
-    /// it still gets in, alone. Waiters are served in order, so a large
-    /// request is not starved by small ones. `None` only if the budget was
-    /// closed, which nothing does.
-    pub async fn reserve(&self, len_bytes: usize) -> Option<OwnedSemaphorePermit> {
-        // Frames are at most u32::MAX bytes long (a 4-byte length).
-        let n = u32::try_from(len_bytes.min(self.bytes_max)).unwrap_or(u32::MAX);
-        self.bytes.clone().acquire_many_owned(n).await.ok()
+    /// Makes `hold` cover `total_bytes` of one request, waiting until the
+    /// budget has room for the difference or the overdraft is free (then
+    /// the request overdraws, and is covered whatever it grows to). Waiters
+    /// for bytes are served in order, so a large request is not starved by
+    /// small ones. `false` only if the budget was closed, which nothing
+    /// does.
+    pub async fn cover(&self, hold: &mut BudgetHold, total_bytes: usize) -> bool {
+        if hold.overdraft.is_some() {
+            return true;
+        }
+        let missing = total_bytes.saturating_sub(hold.bytes());
+        if missing == 0 {
+            return true;
+        }
+        // Permits are u32; a request never needs more than the whole
+        // budget before it may overdraw.
+        let n = u32::try_from(missing.min(self.bytes_max)).unwrap_or(u32::MAX);
+        let taken = tokio::select! {
+            biased;
+            bytes = self.bytes.clone().acquire_many_owned(n) => bytes.map(Ok),
+            overdraft = self.overdraft.clone().acquire_owned() => overdraft.map(Err),
+        };
+        match taken {
+            Ok(Ok(bytes)) => match &mut hold.bytes {
+                Some(held) => held.merge(bytes),
+                None => hold.bytes = Some(bytes),
+            },
+            Ok(Err(overdraft)) => hold.overdraft = Some(overdraft),
+            Err(_) => return false,
+        }
+        // Fewer permits than missing only when the request is larger than
+        // the whole budget: it holds all of it and still needs the
+        // overdraft.
+        if hold.bytes() < total_bytes && hold.overdraft.is_none() {
+            match self.overdraft.clone().acquire_owned().await {
+                Ok(o) => hold.overdraft = Some(o),
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     /// Bytes not taken by requests in progress.
@@ -128,4 +225,28 @@ pub async fn serve_clients(
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::broker::BrokerConfig;
+
+    fn validated(adjust: impl Fn(&mut BrokerConfig)) -> Result<(), String> {
+        let mut c = BrokerConfig::single(1, "/nonexistent".into(), "127.0.0.1:1", "127.0.0.1:2");
+        adjust(&mut c);
+        c.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn timeouts_out_of_bounds_are_refused_naming_the_key_and_range() {
+        assert_eq!(validated(|_| {}), Ok(()));
+        let e = validated(|c| c.limits.request_read_timeout_ms = 0).unwrap_err();
+        assert!(
+            e.contains("request_read_timeout_ms is 0; it must be from 100 to 600000"),
+            "{e}"
+        );
+        let e = validated(|c| c.limits.connection_idle_timeout_ms = 999).unwrap_err();
+        assert!(e.contains("connection_idle_timeout_ms is 999"), "{e}");
+        assert!(validated(|c| c.limits.request_read_timeout_ms = 100).is_ok());
+    }
 }

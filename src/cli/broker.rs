@@ -73,6 +73,7 @@ const KEYS: &[&str] = &[
     "group_commit_gap_us",
     "group_commit_busy_bytes_per_sec",
     "page_cache_keep_bytes",
+    "scrub_bytes_per_sec",
 ];
 
 fn boolean(key: &str, v: &str) -> Result<bool, String> {
@@ -199,6 +200,9 @@ fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
     }
     if let Some(v) = s.get("page_cache_keep_bytes") {
         broker.page_cache_keep_bytes = number("page_cache_keep_bytes", v)?;
+    }
+    if let Some(v) = s.get("scrub_bytes_per_sec") {
+        broker.scrub_bytes_per_sec = number("scrub_bytes_per_sec", v)?;
     }
     if let Some(v) = s.get("retention_check_ms") {
         broker.retention_check_ms = number("retention_check_ms", v)?;

@@ -346,6 +346,9 @@ pub struct GroupStatus {
     pub in_sync: Vec<u64>,
     /// Idle and no longer ticked (see the module doc).
     pub quiescent: bool,
+    /// Set while this replica's log holds a damaged batch not yet repaired
+    /// (`storage::repair`): it neither leads nor campaigns meanwhile.
+    pub damaged: Option<String>,
 }
 
 /// Shared view of every group's status, updated by the driver after each
@@ -887,6 +890,12 @@ impl Driver {
             if g.failed.is_some() || msg.from != from {
                 continue;
             }
+            if msg.get_msg_type() == MessageType::MsgTimeoutNow && g.log.damage().is_some() {
+                // A leader handing over (the preferred-leader rule, say)
+                // must not make a damaged replica leader: it would serve
+                // errors for the damaged range. The transfer times out.
+                continue;
+            }
             if is_vote_request(&msg) {
                 // A replica that knows no leader (it restarted, or lost
                 // the leader's reports) is campaigning. A quiet leader
@@ -910,6 +919,24 @@ impl Driver {
             };
             if g.failed.is_some() {
                 continue;
+            }
+            if let Some(damage) = g.log.damage() {
+                if g.status.damaged.is_none() {
+                    slog::error!(self.logger, "damaged batch in the partition log; this replica \
+                        steps down and stays a follower until repaired from a healthy replica";
+                        "group" => id, "damage" => %damage);
+                }
+                self.touched.insert(id);
+                if g.node.raft.state != StateRole::Leader {
+                    // Not ticked: a follower that never times out never
+                    // campaigns. Its log still takes appends from the
+                    // leader.
+                    g.quiescent = false;
+                    continue;
+                }
+                // A leader goes on ticking (heartbeats, and the transfer's
+                // timeout) while it hands over.
+                step_down_damaged(g, self.config.node_id);
             }
             let after_ticks = self
                 .config
@@ -1449,6 +1476,31 @@ fn status_of(g: &mut Group) -> GroupStatus {
         failed: g.failed.clone(),
         in_sync,
         quiescent: g.quiescent,
+        damaged: g.log.damage().map(|d| d.to_string()),
+    }
+}
+
+/// Hands a damaged leader's leadership to the first (lowest id) voter that
+/// is caught up and active; with none, it keeps leading (a lone replica:
+/// reads of the damaged range fail with a retriable error meanwhile).
+fn step_down_damaged(g: &mut Group, self_id: u64) {
+    let raft = &g.node.raft;
+    if raft.lead_transferee.is_some() {
+        return;
+    }
+    let last = raft.raft_log.last_index();
+    let voters = raft.prs().conf().voters().ids();
+    let mut healthy: Vec<u64> = raft
+        .prs()
+        .iter()
+        .filter(|(id, p)| {
+            **id != self_id && voters.contains(**id) && p.matched == last && p.recent_active
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    healthy.sort_unstable();
+    if let Some(&to) = healthy.first() {
+        g.node.transfer_leader(to);
     }
 }
 

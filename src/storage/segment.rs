@@ -130,6 +130,32 @@ impl Extent {
         self.recent = VecDeque::new();
     }
 
+    /// The stretch between sparse index entries holding the batch at
+    /// `position`: (position, offset, index) where it starts and where it
+    /// ends (the next entry, or the segment's end).
+    pub fn stretch_around(&self, position: u64) -> ((u64, i64, u64), (u64, i64, u64)) {
+        let at = |e: &IndexEntry| {
+            (
+                e.position as u64,
+                self.base_offset + e.offset_delta as i64,
+                self.base_index + e.index_delta as u64,
+            )
+        };
+        let n = self
+            .entries
+            .partition_point(|e| e.position as u64 <= position);
+        let from = n
+            .checked_sub(1)
+            .map_or((0, self.base_offset, self.base_index), |i| {
+                at(&self.entries[i])
+            });
+        let to = self
+            .entries
+            .get(n)
+            .map_or((self.size_bytes, self.next_offset, self.next_index), at);
+        (from, to)
+    }
+
     /// Updates the extent and sparse index for a batch just written at the
     /// end of the file.
     fn note_append(&mut self, header: &BatchHeader, interval: u64) {
@@ -582,6 +608,28 @@ impl Segment {
         self.rebuild(at.position, max_batch_bytes, &mut scratch)
             .map_err(|(p, r)| self.corrupt(p, r))?;
         terms.retain(|t| t.first_index < at.index);
+        Ok(())
+    }
+
+    /// Opens the segment's file again (after a repaired copy was renamed
+    /// over it) and checks `[from, to)` batch by batch with CRCs.
+    pub fn reopen_and_verify(
+        &mut self,
+        disk: &dyn Disk,
+        from: u64,
+        to: u64,
+        max_batch_bytes: usize,
+    ) -> Result<()> {
+        self.file = disk
+            .open(&self.path, OpenMode::Existing)
+            .map_err(io_err(|| format!("open {}", self.path.display())))?;
+        let mut scanner = Scanner::new(self.file.as_ref(), from, to, true, max_batch_bytes);
+        // Bounded by the batches in the stretch.
+        while scanner
+            .next_batch()
+            .map_err(|e| self.scan_error(e))?
+            .is_some()
+        {}
         Ok(())
     }
 

@@ -147,8 +147,8 @@ impl Scrubber {
         });
     }
 
-    /// Rebuilds the damaged stretch of `replica` from the group's leader,
-    /// if this replica does not lead and the damage is in a sealed segment.
+    /// Rebuilds the damaged stretch of `replica` from another replica (the
+    /// leader first) if the damage is in a sealed segment.
     async fn try_repair(&mut self, topic: &str, partition: u32, replica: &Replica) {
         let now = Instant::now();
         if self
@@ -162,32 +162,40 @@ impl Scrubber {
         let Some(plan) = replica.log.with_log(|l| l.repair_plan()) else {
             return;
         };
+        // The leader first, then the other replicas: a damaged follower
+        // that does not tick may not know the leader (a quiet one sends
+        // nothing), and any replica's committed entries are the same.
         let leader = self.board.get(replica.group).map(|s| s.leader).unwrap_or(0);
-        if leader == 0 || leader == self.self_id {
-            // Nobody to copy from yet (the driver hands leadership away).
-            return;
+        let sources: Vec<(u64, String)> = self.metadata.read(|t| {
+            let replicas = t
+                .topic(topic)
+                .and_then(|tp| tp.partitions.get(partition as usize))
+                .map(|a| a.replicas.clone())
+                .unwrap_or_default();
+            std::iter::once(leader)
+                .chain(replicas.into_iter().filter(|r| *r != leader))
+                .filter(|id| *id != 0 && *id != self.self_id)
+                .filter_map(|id| t.broker(id).map(|b| (id, b.client_addr.clone())))
+                .collect()
+        });
+        let mut replacement = None;
+        for (source, addr) in sources {
+            let checked = fetch_range(&self.net, &addr, topic, partition, &plan)
+                .await
+                .and_then(|fetched| plan.check(&fetched, replica.max_batch_bytes.max(1 << 20)));
+            match checked {
+                Ok(r) => {
+                    replacement = Some((source, r));
+                    break;
+                }
+                Err(e) => {
+                    slog::warn!(self.logger, "repair: no good copy of the damaged range from a replica";
+                        "topic" => topic, "partition" => partition, "replica" => source, "error" => e)
+                }
+            }
         }
-        let addr = self
-            .metadata
-            .read(|t| t.broker(leader).map(|b| b.client_addr.clone()));
-        let Some(addr) = addr else {
+        let Some((source, replacement)) = replacement else {
             return;
-        };
-        let fetched = match fetch_range(&self.net, &addr, topic, partition, &plan).await {
-            Ok(b) => b,
-            Err(e) => {
-                slog::warn!(self.logger, "repair: cannot fetch the damaged range from the leader";
-                    "topic" => topic, "partition" => partition, "leader" => leader, "error" => e);
-                return;
-            }
-        };
-        let replacement = match plan.check(&fetched, replica.max_batch_bytes.max(1 << 20)) {
-            Ok(r) => r,
-            Err(e) => {
-                slog::warn!(self.logger, "repair: the leader's batches do not fit the damaged range";
-                    "topic" => topic, "partition" => partition, "leader" => leader, "error" => e);
-                return;
-            }
         };
         let (disk, dir) = replica.log.with_log(|l| l.location());
         // A copy of one sealed segment (segment.bytes at most), written
@@ -195,8 +203,8 @@ impl Scrubber {
         let installed = write_repaired_copy(disk.as_ref(), &dir, &plan, &replacement)
             .and_then(|copy| replica.log.with_log_mut(|l| l.install_repair(&plan, &copy)));
         match installed {
-            Ok(true) => slog::info!(self.logger, "repaired a damaged range from the leader";
-                "topic" => topic, "partition" => partition, "leader" => leader,
+            Ok(true) => slog::info!(self.logger, "repaired a damaged range from a replica";
+                "topic" => topic, "partition" => partition, "replica" => source,
                 "segment" => %plan.path.display(), "from_offset" => plan.from_offset,
                 "to_offset" => plan.to_offset),
             Ok(false) => {}

@@ -431,6 +431,8 @@ struct Group {
     /// never change, so the offset after it is read from the log only when
     /// the commit moves, not every round.
     hw_at: Option<(u64, i64)>,
+    /// The log's damage was reported (logged) since it was last clean.
+    damage_reported: bool,
 }
 
 /// The driver task's state. Build with [`Driver::new`], run with
@@ -820,6 +822,7 @@ impl Driver {
             settled_ticks: 0,
             quiescent: false,
             hw_at: None,
+            damage_reported: false,
         };
         self.groups.insert(spec.id, group);
         self.observe(spec.id);
@@ -920,8 +923,16 @@ impl Driver {
             if g.failed.is_some() {
                 continue;
             }
-            if let Some(damage) = g.log.damage() {
-                if g.status.damaged.is_none() {
+            let damage = g.log.damage();
+            if damage.is_none() && g.damage_reported {
+                g.damage_reported = false;
+                self.touched.insert(id);
+                slog::info!(self.logger, "partition log repaired; this replica may lead again";
+                    "group" => id);
+            }
+            if let Some(damage) = damage {
+                if !g.damage_reported {
+                    g.damage_reported = true;
                     slog::error!(self.logger, "damaged batch in the partition log; this replica \
                         steps down and stays a follower until repaired from a healthy replica";
                         "group" => id, "damage" => %damage);

@@ -242,6 +242,7 @@ impl PartitionLog {
         let disk = self.disk.clone();
         let max = self.config.max_batch_bytes;
         let (mut next_offset, mut next_index) = (self.start.offset, self.start.index);
+        let mut active_damaged = false;
         for (i, &base) in bases.iter().enumerate() {
             if base != next_offset {
                 return Err(StorageError::Corrupt {
@@ -251,7 +252,7 @@ impl PartitionLog {
                 });
             }
             let seg = if i + 1 < bases.len() {
-                let (seg, torn, indexed) = Segment::open_sealed(
+                let (seg, torn, indexed, damage) = Segment::open_sealed(
                     disk.as_ref(),
                     &self.dir,
                     base,
@@ -259,6 +260,9 @@ impl PartitionLog {
                     max,
                     &mut self.terms,
                 )?;
+                if let Some(e) = &damage {
+                    self.note_damage(e);
+                }
                 if let Some(torn) = torn {
                     // Its sealing sync never finished: what followed the
                     // tear was never synced either, and the later segments
@@ -280,7 +284,7 @@ impl PartitionLog {
                 }
                 seg
             } else {
-                let (seg, torn) = Segment::open_active(
+                let (seg, torn, damage) = Segment::open_active(
                     disk.as_ref(),
                     &self.dir,
                     base,
@@ -289,6 +293,10 @@ impl PartitionLog {
                     &mut self.terms,
                 )?;
                 self.torn_bytes_recovered = torn.unwrap_or(0);
+                if let Some(e) = &damage {
+                    self.note_damage(e);
+                    active_damaged = true;
+                }
                 seg
             };
             next_offset = seg.next_offset;
@@ -299,6 +307,13 @@ impl PartitionLog {
             let seg = Segment::create(disk.as_ref(), &self.dir, next_offset, next_index)?;
             sync_dir(disk.as_ref(), &self.dir)?;
             self.segments.push(seg);
+        } else if active_damaged {
+            // Sealed (its index file written by the next sync), so that
+            // the damaged batch is repaired as in any sealed segment while
+            // appends go to a new one.
+            self.roll()?;
+            sync_dir(disk.as_ref(), &self.dir)?;
+            self.dir_synced_rolls = self.rolls;
         }
         Ok(())
     }

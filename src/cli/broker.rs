@@ -332,6 +332,22 @@ mod tests {
     }
 
     #[test]
+    fn scrub_rate_parses_and_is_checked() {
+        let r = build(&parse_config_file("").unwrap()).unwrap();
+        assert_eq!(r.broker.scrub_bytes_per_sec, 16 << 20);
+        let r = build(&parse_config_file("scrub_bytes_per_sec = 0\n").unwrap()).unwrap();
+        assert_eq!(r.broker.scrub_bytes_per_sec, 0);
+        let fast = parse_config_file("scrub_bytes_per_sec = 5000000000\n").unwrap();
+        let e = build(&fast).unwrap_err();
+        assert!(
+            e.contains("scrub_bytes_per_sec") && e.contains("5000000000"),
+            "{e}"
+        );
+        let bad = parse_config_file("scrub_bytes_per_sec = fast\n").unwrap();
+        assert!(build(&bad).unwrap_err().contains("scrub_bytes_per_sec"));
+    }
+
+    #[test]
     fn defaults_are_the_documented_single_broker() {
         let r = resolve(&args()).unwrap();
         assert_eq!(r.broker.page_cache_keep_bytes, 64 << 20);

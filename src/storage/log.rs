@@ -1247,6 +1247,7 @@ impl PartitionLog {
 /// Checks the CRC of every batch in `bytes`, read from `seg` at `position`.
 fn verify_crcs(seg: &Segment, position: u64, bytes: &[u8], max_batch_bytes: usize) -> Result<()> {
     let mut at = 0usize;
+    let mut expected_offset = None;
     // Bounded by the batches read (read_batches returns whole batches).
     while at < bytes.len() {
         let corrupt = |reason: String| StorageError::Corrupt {
@@ -1260,6 +1261,14 @@ fn verify_crcs(seg: &Segment, position: u64, bytes: &[u8], max_batch_bytes: usiz
         if size > bytes.len() - at {
             return Err(corrupt("batch runs past what was read".into()));
         }
+        // The base offset lies outside the CRC: batches must follow on.
+        if expected_offset.is_some_and(|o| o != h.base_offset) {
+            return Err(corrupt(format!(
+                "batch has base offset {}, expected {:?}",
+                h.base_offset, expected_offset
+            )));
+        }
+        expected_offset = Some(h.next_offset());
         let computed = crc32c::crc32c(&bytes[at + 21..at + size]);
         if computed != h.crc {
             return Err(corrupt(format!(

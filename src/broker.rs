@@ -59,6 +59,8 @@ pub struct BrokerConfig {
     /// Rate of the background scrub that checks every batch's CRC in the
     /// partition logs (0: off; see [`crate::partition::repair`]).
     pub scrub_bytes_per_sec: u64,
+    /// Least time between the starts of two scrub passes over every log.
+    pub scrub_interval_ms: u64,
 }
 
 /// The default scrub rate: 16 MiB/s reads a terabyte of logs about every
@@ -68,6 +70,10 @@ pub const SCRUB_BYTES_PER_SEC_DEFAULT: u64 = 16 * 1024 * 1024;
 /// The highest scrub rate accepted: past a few GiB/s the scrub would take a
 /// whole disk's bandwidth from the brokers' own work.
 pub const SCRUB_BYTES_PER_SEC_MAX: u64 = 4 * 1024 * 1024 * 1024;
+/// The default least time between scrub passes: an hour, so a broker whose
+/// logs take less to read does not read them over and over (ZFS and Ceph
+/// scrub weekly; an hour finds rot while replicas still hold good copies).
+pub const SCRUB_INTERVAL_MS_DEFAULT: u64 = 3_600_000;
 
 impl BrokerConfig {
     /// A single-broker cluster with the documented defaults.
@@ -84,6 +90,7 @@ impl BrokerConfig {
             retention_check_ms: 60_000,
             page_cache_keep_bytes: crate::storage::LogConfig::default().page_cache_keep_bytes,
             scrub_bytes_per_sec: SCRUB_BYTES_PER_SEC_DEFAULT,
+            scrub_interval_ms: SCRUB_INTERVAL_MS_DEFAULT,
         }
     }
 
@@ -326,9 +333,9 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
             board.clone(),
             metadata.clone(),
             net.clone(),
-            config.scrub_bytes_per_sec,
             logger.clone(),
         )
+        .with_scrub(config.scrub_bytes_per_sec, config.scrub_interval_ms)
         .run(),
     );
 

@@ -22,7 +22,12 @@ const BATCHES: usize = 60;
 /// Three brokers; the topic's partition 0 has small segments so most of
 /// the data sits in sealed ones. Returns the records written, in order.
 async fn setup(scrub_bytes_per_sec: u64) -> (Cluster, Vec<(String, String)>) {
-    let cluster = Cluster::start_with(3, |c| c.scrub_bytes_per_sec = scrub_bytes_per_sec).await;
+    let cluster = Cluster::start_with(3, |c| {
+        c.scrub_bytes_per_sec = scrub_bytes_per_sec;
+        // Passes back to back, so that a flip while running is found soon.
+        c.scrub_interval_ms = 0;
+    })
+    .await;
     wait_for_cluster(&cluster).await;
     let mut req = create(TOPIC, 1, 3);
     if let Req::CreateTopic(ct) = &mut req {

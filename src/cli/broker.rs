@@ -74,6 +74,7 @@ const KEYS: &[&str] = &[
     "group_commit_busy_bytes_per_sec",
     "page_cache_keep_bytes",
     "scrub_bytes_per_sec",
+    "scrub_interval_ms",
 ];
 
 fn boolean(key: &str, v: &str) -> Result<bool, String> {
@@ -203,6 +204,9 @@ fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
     }
     if let Some(v) = s.get("scrub_bytes_per_sec") {
         broker.scrub_bytes_per_sec = number("scrub_bytes_per_sec", v)?;
+    }
+    if let Some(v) = s.get("scrub_interval_ms") {
+        broker.scrub_interval_ms = number("scrub_interval_ms", v)?;
     }
     if let Some(v) = s.get("retention_check_ms") {
         broker.retention_check_ms = number("retention_check_ms", v)?;
@@ -343,6 +347,8 @@ mod tests {
             e.contains("scrub_bytes_per_sec") && e.contains("5000000000"),
             "{e}"
         );
+        let r = build(&parse_config_file("scrub_interval_ms = 1000\n").unwrap()).unwrap();
+        assert_eq!(r.broker.scrub_interval_ms, 1000);
         let bad = parse_config_file("scrub_bytes_per_sec = fast\n").unwrap();
         assert!(build(&bad).unwrap_err().contains("scrub_bytes_per_sec"));
     }

@@ -6,8 +6,10 @@
 //! One task per broker, on tokio time only. Each step (every
 //! [`STEP_MS`]) checks about `scrub_bytes_per_sec / 10` bytes of one
 //! replica's log, replicas in (topic, partition) order, under the log's lock
-//! for that step alone, and tries to repair every damaged replica that does
-//! not lead, at most once per [`REPAIR_RETRY_MS`] each.
+//! for that step alone; a pass over every log starts at most once per
+//! `scrub_interval_ms` (a log is read again only that often, not all the
+//! time). It tries to repair every damaged replica at most once per
+//! [`REPAIR_RETRY_MS`] each.
 
 use super::{Replica, Replicas};
 use crate::client::Connection;
@@ -42,7 +44,13 @@ pub struct Scrubber {
     pub net: NetworkRef,
     /// 0: no scrub (repairs still run for damage reads find).
     pub bytes_per_sec: u64,
+    /// Least time from one pass's start to the next's.
+    pub interval_ms: u64,
     pub logger: slog::Logger,
+    /// When the current pass started; `None` while resting between passes.
+    pass_started: Option<Instant>,
+    /// When the next pass may start.
+    next_pass: Option<Instant>,
     /// Where the scrub goes on in each group's log.
     cursors: BTreeMap<u64, u64>,
     /// The replica the scrub is on: its place in (topic, partition) order.
@@ -58,7 +66,6 @@ impl Scrubber {
         board: StatusBoard,
         metadata: Metadata,
         net: NetworkRef,
-        bytes_per_sec: u64,
         logger: slog::Logger,
     ) -> Self {
         Scrubber {
@@ -67,12 +74,22 @@ impl Scrubber {
             board,
             metadata,
             net,
-            bytes_per_sec,
+            bytes_per_sec: 0,
+            interval_ms: 0,
             logger,
+            pass_started: None,
+            next_pass: None,
             cursors: BTreeMap::new(),
             on: None,
             tried: BTreeMap::new(),
         }
+    }
+
+    /// Sets the scrub's rate (0: off) and least time between passes.
+    pub fn with_scrub(mut self, bytes_per_sec: u64, interval_ms: u64) -> Self {
+        self.bytes_per_sec = bytes_per_sec;
+        self.interval_ms = interval_ms;
+        self
     }
 
     pub async fn run(mut self) {
@@ -100,6 +117,13 @@ impl Scrubber {
     fn scrub_step(&mut self, all: &[((String, u32), Replica)]) {
         if all.is_empty() {
             return;
+        }
+        let now = Instant::now();
+        if self.pass_started.is_none() {
+            if self.next_pass.is_some_and(|at| now < at) {
+                return;
+            }
+            self.pass_started = Some(now);
         }
         // The replica after the last one scrubbed, or the first.
         let at = match &self.on {
@@ -138,6 +162,10 @@ impl Scrubber {
             let mut k = key.clone();
             k.1 = k.1.saturating_add(1);
             if all.iter().all(|(x, _)| *x < k) {
+                // A pass is done: rest until the interval since its start.
+                if let Some(started) = self.pass_started.take() {
+                    self.next_pass = Some(started + Duration::from_millis(self.interval_ms));
+                }
                 all[0].0.clone()
             } else {
                 k

@@ -227,9 +227,20 @@ impl Scrubber {
         };
         let (disk, dir) = replica.log.with_log(|l| l.location());
         // A copy of one sealed segment (segment.bytes at most), written
-        // without the log's lock.
-        let installed = write_repaired_copy(disk.as_ref(), &dir, &plan, &replacement)
-            .and_then(|copy| replica.log.with_log_mut(|l| l.install_repair(&plan, &copy)));
+        // without the log's lock. On a multi-threaded runtime the worker
+        // thread is handed over for it (the copy is blocking I/O); the
+        // simulator's runtime has one thread and a simulated disk, and
+        // copies in place.
+        let write = || write_repaired_copy(disk.as_ref(), &dir, &plan, &replacement);
+        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
+        let copy = if multi_thread {
+            tokio::task::block_in_place(write)
+        } else {
+            write()
+        };
+        let installed =
+            copy.and_then(|copy| replica.log.with_log_mut(|l| l.install_repair(&plan, &copy)));
         match installed {
             Ok(true) => slog::info!(self.logger, "repaired a damaged range from a replica";
                 "topic" => topic, "partition" => partition, "replica" => source,

@@ -61,24 +61,52 @@ fn flip_byte(path: &Path, pos: u64) {
     f.write_all_at(&[b[0] ^ 0x10], pos).unwrap();
 }
 
+/// A flipped byte in the active segment, with good batches after it, is
+/// corruption, not a torn write: nothing is cut off; the log opens with the
+/// damage noted (file and position), the damaged segment sealed so it can be
+/// repaired, and reads of the damaged batch fail while the rest reads.
 #[test]
-fn flipped_byte_in_active_segment_is_a_clear_error() {
+fn flipped_byte_in_active_segment_is_noted_damage_and_nothing_is_cut() {
     let (_tmp, dir) = filled_dir(8);
+    let (next_offset, last_index) = {
+        let log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+        (log.next_offset(), log.last_index())
+    };
     let active = segments(&dir).pop().unwrap();
-    // Inside the value of the first batch of the active segment, with good
-    // batches after it: corruption, not a torn write.
+    // Inside the value of the first batch of the active segment.
     flip_byte(&active, 100);
-    let err = PartitionLog::open(disk(), &dir, config(), 0).unwrap_err();
-    match &err {
-        StorageError::Corrupt { path, position, .. } => {
-            assert_eq!(path, &active);
-            assert_eq!(*position, 0);
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    assert_eq!(log.next_offset(), next_offset);
+    assert_eq!(log.last_index(), last_index);
+    assert_eq!(log.torn_bytes_recovered(), 0);
+    let damage = log.damage().expect("damage noted").clone();
+    assert_eq!(damage.path, active);
+    assert_eq!(damage.position, 0);
+    assert!(damage.to_string().contains("CRC-32C"), "{damage}");
+    // Sealed: appends go to a new segment, and a repair plan exists.
+    assert_eq!(segments(&dir).len(), segments_before(&active) + 1);
+    assert!(log.repair_plan().is_some());
+    let first = active_base(&active);
+    match log.read(first, 1 << 20, next_offset) {
+        Err(StorageError::Corrupt { path, position, .. }) => {
+            assert_eq!(path, active);
+            assert_eq!(position, 0);
         }
-        other => panic!("expected corruption, got {other}"),
+        other => panic!("expected corruption, got {other:?}"),
     }
-    let msg = err.to_string();
-    assert!(msg.contains(&active.display().to_string()), "{msg}");
-    assert!(msg.contains("CRC-32C"), "{msg}");
+    log.sync().unwrap();
+}
+
+fn segments_before(path: &Path) -> usize {
+    segments(path.parent().unwrap())
+        .iter()
+        .filter(|p| *p < &path.to_path_buf())
+        .count()
+        + 1
+}
+
+fn active_base(path: &Path) -> i64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
 }
 
 /// A sealed segment found without its index file (a crash before its
@@ -468,12 +496,10 @@ fn a_flipped_byte_in_a_batch_ending_in_zeros_is_corruption() {
             .unwrap();
     flip_byte(&active, at as u64 + 3);
 
-    let err = PartitionLog::open(disk(), &dir, roomy(), 0).unwrap_err();
-    match &err {
-        StorageError::Corrupt { path, position, .. } => {
-            assert_eq!(path, &active);
-            assert_eq!(*position, synced_len);
-        }
-        other => panic!("expected corruption, got {other}"),
-    }
+    // Nothing cut off: the batch is noted as damage, to repair.
+    let log = PartitionLog::open(disk(), &dir, roomy(), 0).unwrap();
+    assert_eq!(log.torn_bytes_recovered(), 0);
+    let damage = log.damage().expect("damage noted");
+    assert_eq!(damage.path, active);
+    assert_eq!(damage.position, synced_len);
 }

@@ -81,6 +81,8 @@ const KEYS: &[&str] = &[
     "storage_min_free_bytes",
     "request_read_timeout_ms",
     "connection_idle_timeout_ms",
+    "scrub_bytes_per_sec",
+    "scrub_interval_ms",
 ];
 
 fn boolean(key: &str, v: &str) -> Result<bool, String> {
@@ -314,6 +316,14 @@ pub fn build(s: &BTreeMap<String, String>) -> Result<Resolved, String> {
     if let Some(v) = s.get("storage_min_free_bytes") {
         broker.storage_min_free_bytes = Some(number("storage_min_free_bytes", v)?);
     }
+    if let Some(v) = s.get("scrub_bytes_per_sec") {
+        broker.scrub_bytes_per_sec = number("scrub_bytes_per_sec", v)?;
+    }
+    if let Some(v) = s.get("scrub_interval_ms") {
+        // A month at most: a pass that waits longer leaves rot time to
+        // reach a second replica before it is found.
+        broker.scrub_interval_ms = bounded("scrub_interval_ms", v, 0, 30 * 24 * 3_600_000)?;
+    }
     if let Some(v) = s.get("retention_check_ms") {
         broker.retention_check_ms = bounded("retention_check_ms", v, 1, RETENTION_CHECK_MS_MAX)?;
     }
@@ -485,6 +495,24 @@ mod tests {
     }
 
     #[test]
+    fn scrub_rate_parses_and_is_checked() {
+        let r = build(&parse_config_file("").unwrap()).unwrap();
+        assert_eq!(r.broker.scrub_bytes_per_sec, 16 << 20);
+        let r = build(&parse_config_file("scrub_bytes_per_sec = 0\n").unwrap()).unwrap();
+        assert_eq!(r.broker.scrub_bytes_per_sec, 0);
+        let fast = parse_config_file("scrub_bytes_per_sec = 5000000000\n").unwrap();
+        let e = build(&fast).unwrap_err();
+        assert!(
+            e.contains("scrub_bytes_per_sec") && e.contains("5000000000"),
+            "{e}"
+        );
+        let r = build(&parse_config_file("scrub_interval_ms = 1000\n").unwrap()).unwrap();
+        assert_eq!(r.broker.scrub_interval_ms, 1000);
+        let bad = parse_config_file("scrub_bytes_per_sec = fast\n").unwrap();
+        assert!(build(&bad).unwrap_err().contains("scrub_bytes_per_sec"));
+    }
+
+    #[test]
     fn defaults_are_the_documented_single_broker() {
         let r = resolve(&args()).unwrap();
         assert_eq!(r.broker.page_cache_keep_bytes, 64 << 20);
@@ -592,6 +620,8 @@ mod tests {
             ("peer_read_timeout_ms", "0"),
             ("request_read_timeout_ms", "0"),
             ("connection_idle_timeout_ms", "5"),
+            ("scrub_bytes_per_sec", "5000000000"),
+            ("scrub_interval_ms", "99999999999"),
         ];
         for key in KEYS {
             assert!(

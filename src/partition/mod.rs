@@ -7,6 +7,8 @@
 //! the high watermark, and long-polls on the driver's status board until
 //! enough bytes are committed or the wait runs out.
 
+pub mod repair;
+
 use crate::proto::{Acks as WireAcks, ErrorCode};
 use crate::replication::driver::{Acks, Input, Proposal, ProposeError, StatusBoard};
 use crate::replication::raft_log::RaftLog;
@@ -335,7 +337,7 @@ impl PartitionService {
             .map(|s| s.high_watermark)
             .unwrap_or(0);
         let max_bytes = max_bytes.clamp(1, FETCH_PARTITION_BYTES_MAX);
-        replica.log.with_log(|log| {
+        replica.log.with_log_mut(|log| {
             // Injected bug: serve uncommitted records, up to the log end.
             let hw = if crate::bugs::on(crate::bugs::FETCH_BEYOND_HW) {
                 log.next_offset()
@@ -351,7 +353,23 @@ impl PartitionService {
                     ),
                 ));
             }
-            let got = log.read(offset, max_bytes, hw).map_err(storage_error)?;
+            let got = match log.read(offset, max_bytes, hw) {
+                Ok(got) => got,
+                Err(e @ StorageError::Corrupt { .. }) => {
+                    // Never the damaged bytes: a retriable error, and this
+                    // replica steps down and repairs itself (the driver and
+                    // the scrub task see the damage noted here).
+                    log.note_damage(&e);
+                    return Err(PartitionError::new(
+                        ErrorCode::StorageError,
+                        format!(
+                            "{topic}/{partition} has a damaged batch on this broker ({e}); it \
+                             steps down and repairs it from a healthy replica: retry"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(storage_error(e)),
+            };
             Ok(Fetched {
                 records: got.bytes,
                 high_watermark: hw,

@@ -351,6 +351,9 @@ pub struct GroupStatus {
     pub in_sync: Vec<u64>,
     /// Idle and no longer ticked (see the module doc).
     pub quiescent: bool,
+    /// Set while this replica's log holds a damaged batch not yet repaired
+    /// (`storage::repair`): it neither leads nor campaigns meanwhile.
+    pub damaged: Option<String>,
 }
 
 /// Shared view of every group's status, updated by the driver after each
@@ -440,6 +443,8 @@ struct Group {
     /// never change, so the offset after it is read from the log only when
     /// the commit moves, not every round.
     hw_at: Option<(u64, i64)>,
+    /// The log's damage was reported (logged) since it was last clean.
+    damage_reported: bool,
 }
 
 /// The driver task's state. Build with [`Driver::new`], run with
@@ -839,6 +844,7 @@ impl Driver {
             settled_ticks: 0,
             quiescent: false,
             hw_at: None,
+            damage_reported: false,
         };
         self.groups.insert(spec.id, group);
         self.observe(spec.id);
@@ -928,6 +934,12 @@ impl Driver {
                 });
                 continue;
             }
+            if msg.get_msg_type() == MessageType::MsgTimeoutNow && g.log.damage().is_some() {
+                // A leader handing over (the preferred-leader rule, say)
+                // must not make a damaged replica leader: it would serve
+                // errors for the damaged range. The transfer times out.
+                continue;
+            }
             if is_vote_request(&msg) {
                 // A replica that knows no leader (it restarted, or lost
                 // the leader's reports) is campaigning. A quiet leader
@@ -978,6 +990,32 @@ impl Driver {
             };
             if g.failed.is_some() {
                 continue;
+            }
+            let damage = g.log.damage();
+            if damage.is_none() && g.damage_reported {
+                g.damage_reported = false;
+                self.touched.insert(id);
+                slog::info!(self.logger, "partition log repaired; this replica may lead again";
+                    "group" => id);
+            }
+            if let Some(damage) = damage {
+                if !g.damage_reported {
+                    g.damage_reported = true;
+                    slog::error!(self.logger, "damaged batch in the partition log; this replica \
+                        steps down and stays a follower until repaired from a healthy replica";
+                        "group" => id, "damage" => %damage);
+                }
+                self.touched.insert(id);
+                if g.node.raft.state != StateRole::Leader {
+                    // Not ticked: a follower that never times out never
+                    // campaigns. Its log still takes appends from the
+                    // leader.
+                    g.quiescent = false;
+                    continue;
+                }
+                // A leader goes on ticking (heartbeats, and the transfer's
+                // timeout) while it hands over.
+                step_down_damaged(g, self.config.node_id);
             }
             let after_ticks = self
                 .config
@@ -1518,6 +1556,31 @@ fn status_of(g: &mut Group) -> GroupStatus {
         failed: g.failed.clone(),
         in_sync,
         quiescent: g.quiescent,
+        damaged: g.log.damage().map(|d| d.to_string()),
+    }
+}
+
+/// Hands a damaged leader's leadership to the first (lowest id) voter that
+/// is caught up and active; with none, it keeps leading (a lone replica:
+/// reads of the damaged range fail with a retriable error meanwhile).
+fn step_down_damaged(g: &mut Group, self_id: u64) {
+    let raft = &g.node.raft;
+    if raft.lead_transferee.is_some() {
+        return;
+    }
+    let last = raft.raft_log.last_index();
+    let voters = raft.prs().conf().voters().ids();
+    let mut healthy: Vec<u64> = raft
+        .prs()
+        .iter()
+        .filter(|(id, p)| {
+            **id != self_id && voters.contains(**id) && p.matched == last && p.recent_active
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    healthy.sort_unstable();
+    if let Some(&to) = healthy.first() {
+        g.node.transfer_leader(to);
     }
 }
 

@@ -611,6 +611,12 @@ impl RaftLog {
         self.lock().committed_data = false;
     }
 
+    /// The damaged batch this replica's log knows of, if any (see
+    /// [`crate::storage::repair`]).
+    pub fn damage(&self) -> Option<crate::storage::repair::Damage> {
+        self.lock().log.damage().cloned()
+    }
+
     /// The error behind the last read that raft-rs was told was temporarily
     /// unavailable; the driver should stop the group when it finds one.
     pub fn take_read_error(&self) -> Option<StorageError> {
@@ -635,6 +641,49 @@ fn entries_without_data(log: &PartitionLog, low: u64, high: u64) -> Option<Vec<E
         })
         .collect();
     Some(entries)
+}
+
+/// Entries `[low, high)` without their data, for a log with a damaged
+/// batch among them: each entry that cannot be read comes with its term from
+/// the log's term runs and the normal type. Only for committed entries of a
+/// group without a state machine, where nothing reads the data, and where
+/// raft-rs's remaining use of the type (pending configuration changes when
+/// becoming leader) looks past the commit index, and a damaged replica does
+/// not become leader.
+fn entries_around_damage(log: &PartitionLog, low: u64, high: u64) -> Vec<Entry> {
+    /// Bytes read per attempt: the damage makes reads fail until they start
+    /// past it, so each attempt must stay cheap.
+    const CHUNK_BYTES: usize = 1024 * 1024;
+    let data_less = |index: u64, batch: &RecordBatch| {
+        let mut e = batch_to_entry(index, batch).unwrap_or_default();
+        e.index = index;
+        e.data = Bytes::new();
+        e
+    };
+    let mut out = Vec::new();
+    let mut next = low;
+    // Each pass moves `next` on by at least one entry.
+    while next < high {
+        if let Ok(batches) = log.entries(next, high, CHUNK_BYTES) {
+            if !batches.is_empty() {
+                for (index, batch) in &batches {
+                    out.push(data_less(*index, batch));
+                }
+                next += batches.len() as u64;
+                continue;
+            }
+        }
+        match log.entries(next, next + 1, usize::MAX) {
+            Ok(b) if !b.is_empty() => out.push(data_less(next, &b[0].1)),
+            _ => out.push(Entry {
+                index: next,
+                term: log.term(next).unwrap_or(0),
+                ..Entry::default()
+            }),
+        }
+        next += 1;
+    }
+    out
 }
 
 fn store_err(e: StorageError) -> raft::Error {
@@ -683,6 +732,23 @@ impl Storage for RaftLog {
         });
         match read {
             Ok(entries) => Ok(entries),
+            // A damaged batch stops this replica from leading, not the
+            // group: the driver hands leadership to a healthy replica and
+            // the damage is repaired from one (`storage::repair`).
+            Err(e @ StorageError::Corrupt { .. }) if context.can_async() => {
+                st.log.note_damage(&e);
+                Err(raft::Error::Store(
+                    raft::StorageError::LogTemporarilyUnavailable,
+                ))
+            }
+            Err(e @ StorageError::Corrupt { .. }) if !st.committed_data => {
+                // Committed entries of a partition (no state machine) are
+                // wanted for their index, term and type alone: the damaged
+                // ones go without (see `entries_around_damage`), and the
+                // damage is repaired while this replica follows.
+                st.log.note_damage(&e);
+                Ok(entries_around_damage(&st.log, low, high))
+            }
             Err(e) if context.can_async() => {
                 st.read_error = Some(e);
                 Err(raft::Error::Store(

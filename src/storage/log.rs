@@ -13,6 +13,7 @@
 
 use super::config::LogConfig;
 use super::index::TermRun;
+use super::repair::{Damage, RepairPlan};
 use super::segment::{self, push_term, terms_within, Located, Segment, Target};
 use super::{atomic, io_err, Result, StorageError};
 use crate::io::DiskRef;
@@ -106,6 +107,9 @@ pub struct PartitionLog {
     /// Bytes at the start of the active segment whose cached pages a sync
     /// was told to drop (see [`LogConfig::page_cache_keep_bytes`]).
     cache_dropped_to: u64,
+    /// The first damaged batch found by a read and not yet repaired (see
+    /// [`super::repair`]).
+    damage: Option<Damage>,
 }
 
 /// A sync drops cached pages only once this much more can go: each drop
@@ -227,6 +231,7 @@ impl PartitionLog {
             poisoned: None,
             torn_bytes_recovered: 0,
             cache_dropped_to: 0,
+            damage: None,
         };
         log.open_segments(&bases)?;
         log.check_invariants();
@@ -237,6 +242,7 @@ impl PartitionLog {
         let disk = self.disk.clone();
         let max = self.config.max_batch_bytes;
         let (mut next_offset, mut next_index) = (self.start.offset, self.start.index);
+        let mut active_damaged = false;
         for (i, &base) in bases.iter().enumerate() {
             if base != next_offset {
                 return Err(StorageError::Corrupt {
@@ -246,7 +252,7 @@ impl PartitionLog {
                 });
             }
             let seg = if i + 1 < bases.len() {
-                let (seg, torn, indexed) = Segment::open_sealed(
+                let (seg, torn, indexed, damage) = Segment::open_sealed(
                     disk.as_ref(),
                     &self.dir,
                     base,
@@ -254,6 +260,9 @@ impl PartitionLog {
                     max,
                     &mut self.terms,
                 )?;
+                if let Some(e) = &damage {
+                    self.note_damage(e);
+                }
                 if let Some(torn) = torn {
                     // Its sealing sync never finished: what followed the
                     // tear was never synced either, and the later segments
@@ -275,7 +284,7 @@ impl PartitionLog {
                 }
                 seg
             } else {
-                let (seg, torn) = Segment::open_active(
+                let (seg, torn, damage) = Segment::open_active(
                     disk.as_ref(),
                     &self.dir,
                     base,
@@ -284,6 +293,10 @@ impl PartitionLog {
                     &mut self.terms,
                 )?;
                 self.torn_bytes_recovered = torn.unwrap_or(0);
+                if let Some(e) = &damage {
+                    self.note_damage(e);
+                    active_damaged = true;
+                }
                 seg
             };
             next_offset = seg.next_offset;
@@ -294,6 +307,13 @@ impl PartitionLog {
             let seg = Segment::create(disk.as_ref(), &self.dir, next_offset, next_index)?;
             sync_dir(disk.as_ref(), &self.dir)?;
             self.segments.push(seg);
+        } else if active_damaged {
+            // Sealed (its index file written by the next sync), so that
+            // the damaged batch is repaired as in any sealed segment while
+            // appends go to a new one.
+            self.roll()?;
+            sync_dir(disk.as_ref(), &self.dir)?;
+            self.dir_synced_rolls = self.rolls;
         }
         Ok(())
     }
@@ -847,9 +867,129 @@ impl PartitionLog {
             };
             let (bytes, batches) =
                 seg.read_batches(position, max_bytes, max_offset, u64::MAX, index, max)?;
+            // Consumers never get a damaged batch: its CRC is checked here
+            // (a small cost beside the read; crc32c runs at memory speed),
+            // and the error names it for `note_damage`.
+            verify_crcs(seg, position, &bytes, max)?;
             return Ok(FetchedBatches { bytes, batches });
         }
         Ok(FetchedBatches::default())
+    }
+
+    /// The damaged batch found and not yet repaired, if any (damage in a
+    /// segment since deleted or cut off no longer counts).
+    pub fn damage(&self) -> Option<&Damage> {
+        self.damage
+            .as_ref()
+            .filter(|d| self.segments.iter().any(|s| s.path == d.path))
+    }
+
+    /// Records `e` as the log's damage if it is corruption and none is
+    /// known yet; true if it was recorded.
+    pub fn note_damage(&mut self, e: &StorageError) -> bool {
+        let StorageError::Corrupt {
+            path,
+            position,
+            reason,
+        } = e
+        else {
+            return false;
+        };
+        if self.damage().is_some() {
+            return false;
+        }
+        self.damage = Some(Damage {
+            path: path.clone(),
+            position: *position,
+            reason: reason.clone(),
+        });
+        true
+    }
+
+    /// How to repair the known damage: the stretch of its sealed segment
+    /// between sparse index entries. `None` without damage, or if it is in
+    /// the active segment (whose batches raft replaces only by truncation).
+    pub fn repair_plan(&self) -> Option<RepairPlan> {
+        let d = self.damage()?;
+        let i = self.segments.iter().position(|s| s.path == d.path)?;
+        if i + 1 == self.segments.len() {
+            return None;
+        }
+        let seg = &self.segments[i];
+        let ((from_position, from_offset, from_index), (to_position, to_offset, to_index)) =
+            seg.stretch_around(d.position);
+        Some(RepairPlan {
+            path: seg.path.clone(),
+            base_offset: seg.base_offset,
+            segment_bytes: seg.size_bytes,
+            from_position,
+            to_position,
+            from_offset,
+            to_offset,
+            from_index,
+            to_index,
+            terms: terms_within(&self.terms, from_index, to_index),
+        })
+    }
+
+    /// The disk and directory the log lives in (for a repair's copy).
+    pub fn location(&self) -> (DiskRef, PathBuf) {
+        (self.disk.clone(), self.dir.clone())
+    }
+
+    /// Puts a repaired copy written by [`super::repair::write_repaired_copy`]
+    /// in place of its segment: if the segment is still there unchanged, the
+    /// copy is renamed over it, the directory synced, the file reopened and
+    /// the repaired stretch checked; the damage is then forgotten (the scrub
+    /// finds any other). Returns false (and removes the copy) if the segment
+    /// changed meanwhile. An error here poisons the log: the rename may or
+    /// may not be durable.
+    pub fn install_repair(&mut self, plan: &RepairPlan, copy: &Path) -> Result<bool> {
+        self.check_usable()?;
+        let sealed = self.segments.len() - 1;
+        let Some(i) = self.segments[..sealed]
+            .iter()
+            .position(|s| s.base_offset == plan.base_offset && s.size_bytes == plan.segment_bytes)
+        else {
+            let _ = self.disk.remove_file(copy);
+            return Ok(false);
+        };
+        let max = self.config.max_batch_bytes;
+        let disk = self.disk.clone();
+        let result = (|| {
+            disk.rename(copy, &plan.path).map_err(io_err(|| {
+                format!("rename {} over {}", copy.display(), plan.path.display())
+            }))?;
+            sync_dir(disk.as_ref(), &self.dir)?;
+            self.segments[i].reopen_and_verify(
+                disk.as_ref(),
+                plan.from_position,
+                plan.to_position,
+                max,
+            )
+        })();
+        if let Err(e) = result {
+            return Err(self.poison(e));
+        }
+        if self.damage.as_ref().is_some_and(|d| d.path == plan.path) {
+            self.damage = None;
+        }
+        Ok(true)
+    }
+
+    /// One step of the background scrub: checks (CRC and term) the entries
+    /// from `from` on, about `max_bytes` of them, and returns the entry to
+    /// go on from (the log's first once past its end) and the bytes
+    /// checked. Damage is an error (`note_damage` records it).
+    pub fn scrub_step(&self, from: u64, max_bytes: usize) -> Result<(u64, usize)> {
+        let low = from.max(self.start.index);
+        let high = self.last_index() + 1;
+        if low >= high {
+            return Ok((self.start.index, 0));
+        }
+        let got = self.entries(low, high, max_bytes.max(1))?;
+        let bytes = got.iter().map(|(_, b)| b.size_bytes()).sum();
+        Ok((low + got.len() as u64, bytes))
     }
 
     fn check_range(&self, offset: i64) -> Result<()> {
@@ -1102,6 +1242,43 @@ impl PartitionLog {
             .windows(2)
             .all(|w| w[0].term < w[1].term && w[0].first_index < w[1].first_index));
     }
+}
+
+/// Checks the CRC of every batch in `bytes`, read from `seg` at `position`.
+fn verify_crcs(seg: &Segment, position: u64, bytes: &[u8], max_batch_bytes: usize) -> Result<()> {
+    let mut at = 0usize;
+    let mut expected_offset = None;
+    // Bounded by the batches read (read_batches returns whole batches).
+    while at < bytes.len() {
+        let corrupt = |reason: String| StorageError::Corrupt {
+            path: seg.path.clone(),
+            position: position + at as u64,
+            reason,
+        };
+        let h = crate::types::BatchHeader::parse(&bytes[at..], max_batch_bytes)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let size = h.size_bytes();
+        if size > bytes.len() - at {
+            return Err(corrupt("batch runs past what was read".into()));
+        }
+        // The base offset lies outside the CRC: batches must follow on.
+        if expected_offset.is_some_and(|o| o != h.base_offset) {
+            return Err(corrupt(format!(
+                "batch has base offset {}, expected {:?}",
+                h.base_offset, expected_offset
+            )));
+        }
+        expected_offset = Some(h.next_offset());
+        let computed = crc32c::crc32c(&bytes[at + 21..at + size]);
+        if computed != h.crc {
+            return Err(corrupt(format!(
+                "CRC-32C mismatch: stored {:#010x}, computed {computed:#010x}",
+                h.crc
+            )));
+        }
+        at += size;
+    }
+    Ok(())
 }
 
 fn ensure_dir(disk: &DiskRef, dir: &Path) -> Result<()> {

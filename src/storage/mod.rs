@@ -7,6 +7,7 @@
 //! - [`scan`]: walking and validating the batches of a segment file.
 //! - [`segment`]: one segment file and its index.
 //! - [`log`]: the partition log: segments, reads, truncation, retention.
+//! - [`repair`]: damage found by reads and its repair from a peer.
 //!
 //! The log is built to be the Raft log: every batch is one Raft entry and
 //! carries its term in `partitionLeaderEpoch`, so each record is written
@@ -26,6 +27,7 @@ pub mod config;
 pub mod hard_state;
 pub mod index;
 pub mod log;
+pub mod repair;
 pub mod scan;
 pub mod segment;
 
@@ -76,8 +78,7 @@ impl fmt::Display for StorageError {
                 reason,
             } => write!(
                 f,
-                "corrupt log segment {} at byte {position}: {reason}; the data is damaged on disk \
-                 (restore this replica from its peers by removing the partition directory)",
+                "corrupt log segment {} at byte {position}: {reason}; the data is damaged on disk",
                 path.display()
             ),
             StorageError::Poisoned { cause } => write!(

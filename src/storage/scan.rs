@@ -39,6 +39,10 @@ pub struct Scanner<'a> {
     max_batch_bytes: usize,
     window: Vec<u8>,
     window_start: u64,
+    /// With [`Scanner::tolerating_crc`]: the first batch whose CRC did not
+    /// hold, stepped over.
+    crc_damage: Option<(u64, String)>,
+    tolerate_crc: bool,
 }
 
 impl<'a> Scanner<'a> {
@@ -59,7 +63,22 @@ impl<'a> Scanner<'a> {
             max_batch_bytes,
             window: Vec::new(),
             window_start: 0,
+            crc_damage: None,
+            tolerate_crc: false,
         }
+    }
+
+    /// Steps over a batch whose header is sound but whose CRC does not hold
+    /// (a flipped bit in its data), noting the first such in
+    /// [`Scanner::crc_damage`], instead of stopping there.
+    pub fn tolerating_crc(mut self) -> Self {
+        self.tolerate_crc = true;
+        self
+    }
+
+    /// The first batch stepped over for its CRC, and why.
+    pub fn crc_damage(&self) -> Option<&(u64, String)> {
+        self.crc_damage.as_ref()
     }
 
     /// Where the next batch would start.
@@ -95,10 +114,14 @@ impl<'a> Scanner<'a> {
             let whole = self.bytes(position, size as usize)?;
             let computed = crc32c::crc32c(&whole[21..]);
             if computed != header.crc {
-                return Err(damaged(format!(
+                let reason = format!(
                     "CRC-32C mismatch: stored {:#010x}, computed {computed:#010x}",
                     header.crc
-                )));
+                );
+                if !self.tolerate_crc {
+                    return Err(damaged(reason));
+                }
+                self.crc_damage.get_or_insert((position, reason));
             }
         }
         self.position += size;

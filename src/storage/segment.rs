@@ -130,6 +130,32 @@ impl Extent {
         self.recent = VecDeque::new();
     }
 
+    /// The stretch between sparse index entries holding the batch at
+    /// `position`: (position, offset, index) where it starts and where it
+    /// ends (the next entry, or the segment's end).
+    pub fn stretch_around(&self, position: u64) -> ((u64, i64, u64), (u64, i64, u64)) {
+        let at = |e: &IndexEntry| {
+            (
+                e.position as u64,
+                self.base_offset + e.offset_delta as i64,
+                self.base_index + e.index_delta as u64,
+            )
+        };
+        let n = self
+            .entries
+            .partition_point(|e| e.position as u64 <= position);
+        let from = n
+            .checked_sub(1)
+            .map_or((0, self.base_offset, self.base_index), |i| {
+                at(&self.entries[i])
+            });
+        let to = self
+            .entries
+            .get(n)
+            .map_or((self.size_bytes, self.next_offset, self.next_index), at);
+        (from, to)
+    }
+
     /// Updates the extent and sparse index for a batch just written at the
     /// end of the file.
     fn note_append(&mut self, header: &BatchHeader, interval: u64) {
@@ -162,23 +188,28 @@ impl Extent {
 
     /// Rebuilds the extent by scanning `[0, end)` of `file` with CRC checks.
     /// On damage returns its position and reason, with the extent covering
-    /// the valid prefix.
+    /// the valid prefix. With `tolerate_crc`, a batch whose header is sound
+    /// but whose CRC fails is taken in and the first such returned.
     fn rebuild(
         &mut self,
         file: &dyn DiskFile,
         end: u64,
         max_batch_bytes: usize,
         terms: &mut Vec<TermRun>,
-    ) -> Result<(), (u64, String)> {
+        tolerate_crc: bool,
+    ) -> Result<Option<(u64, String)>, (u64, String)> {
         *self = Extent::empty(self.base_offset, self.base_index);
         // The interval does not matter for correctness; rebuilt segments get
         // the default spacing.
         let interval = super::LogConfig::default().index_interval_bytes;
         let mut scanner = Scanner::new(file, 0, end, true, max_batch_bytes);
+        if tolerate_crc {
+            scanner = scanner.tolerating_crc();
+        }
         // Bounded by the batches in [0, end).
         loop {
             match scanner.next_batch() {
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(scanner.crc_damage().cloned()),
                 Ok(Some(Scanned { position, header })) => {
                     if header.base_offset != self.next_offset {
                         return Err((
@@ -252,15 +283,16 @@ impl Segment {
 
     /// Opens a sealed segment from its index file, or by scanning it (with
     /// CRC checks) if the index file is missing or does not match. Returns
-    /// the bytes of torn tail cut off, if any, and whether the index file
-    /// was used (if not, the caller queues its rewrite).
+    /// the bytes of torn tail cut off, if any, whether the index file was
+    /// used (if not, the caller queues its rewrite), and a batch whose CRC
+    /// fails, taken in (see `recover`), for the log to repair.
     ///
     /// A segment with a matching index file was synced before the index was
     /// written, so it is adopted as it stands. Without one, its sync may
     /// not have finished (the log rolls on and the sealing sync runs in the
     /// background): a torn write at its end is cut off, as in the active
-    /// segment, and the caller must then drop every later segment. Damage
-    /// that is not a torn write is corruption.
+    /// segment, and the caller must then drop every later segment. Other
+    /// damage is corruption.
     pub fn open_sealed(
         disk: &dyn Disk,
         dir: &Path,
@@ -268,7 +300,7 @@ impl Segment {
         base_index: u64,
         max_batch_bytes: usize,
         terms: &mut Vec<TermRun>,
-    ) -> Result<(Self, Option<u64>, bool)> {
+    ) -> Result<(Self, Option<u64>, bool, Option<StorageError>)> {
         let mut seg = Self::open_file(disk, dir, base_offset, base_index)?;
         let file_len = seg
             .file
@@ -277,15 +309,16 @@ impl Segment {
         if let Some(summary) = read_summary(disk, dir, base_offset) {
             if summary.size_bytes == file_len && summary.base_index == base_index {
                 seg.adopt(summary, terms);
-                return Ok((seg, None, true));
+                return Ok((seg, None, true, None));
             }
         }
-        let torn = seg.recover(file_len, max_batch_bytes, terms)?;
-        Ok((seg, torn, false))
+        let (torn, damage) = seg.recover(file_len, max_batch_bytes, terms)?;
+        Ok((seg, torn, false, damage))
     }
 
     /// Opens the active (last) segment, validating every batch. A torn write
-    /// at the end is cut off; damage that is not a torn write is an error.
+    /// at the end is cut off; other damage is an error, unless it is only
+    /// batches whose CRC fails (returned, see `recover`).
     pub fn open_active(
         disk: &dyn Disk,
         dir: &Path,
@@ -293,32 +326,39 @@ impl Segment {
         base_index: u64,
         max_batch_bytes: usize,
         terms: &mut Vec<TermRun>,
-    ) -> Result<(Self, Option<u64>)> {
+    ) -> Result<(Self, Option<u64>, Option<StorageError>)> {
         let mut seg = Self::open_file(disk, dir, base_offset, base_index)?;
         let file_len = seg
             .file
             .len()
             .map_err(io_err(|| format!("stat {}", seg.path.display())))?;
-        let torn = seg.recover(file_len, max_batch_bytes, terms)?;
-        Ok((seg, torn))
+        let (torn, damage) = seg.recover(file_len, max_batch_bytes, terms)?;
+        Ok((seg, torn, damage))
     }
 
     /// Scans the whole file with CRC checks; a torn tail is cut off
-    /// (durably) and its length returned.
+    /// (durably) and its length returned. Damage that is not a torn write
+    /// is taken in if it is only batches whose CRC fails (their headers
+    /// sound, valid batches around them): the segment opens, and the first
+    /// such batch is returned as corruption for the log to repair.
     fn recover(
         &mut self,
         file_len: u64,
         max_batch_bytes: usize,
         terms: &mut Vec<TermRun>,
-    ) -> Result<Option<u64>> {
+    ) -> Result<(Option<u64>, Option<StorageError>)> {
         let terms_before = terms.len();
         let Err((position, reason)) = self.rebuild(file_len, max_batch_bytes, terms) else {
-            return Ok(None);
+            return Ok((None, None));
         };
         let torn = damage_is_torn_write(self.file.as_ref(), position, file_len, max_batch_bytes)
             .map_err(io_err(|| format!("read {}", self.path.display())))?;
         if !torn {
-            return Err(self.corrupt(position, reason));
+            terms.truncate(terms_before);
+            return match self.rebuild_tolerant(file_len, max_batch_bytes, terms) {
+                Ok(Some((p, r))) => Ok((None, Some(self.corrupt(p, r)))),
+                _ => Err(self.corrupt(position, reason)),
+            };
         }
         // Everything from the damage on was never synced: cut it off and
         // make the cut durable before anything is appended after it.
@@ -331,7 +371,7 @@ impl Segment {
         terms.truncate(terms_before);
         self.rebuild(position, max_batch_bytes, terms)
             .map_err(|(p, r)| self.corrupt(p, r))?;
-        Ok(Some(file_len - position))
+        Ok((Some(file_len - position), None))
     }
 
     fn open_file(disk: &dyn Disk, dir: &Path, base_offset: i64, base_index: u64) -> Result<Self> {
@@ -365,7 +405,18 @@ impl Segment {
         terms: &mut Vec<TermRun>,
     ) -> Result<(), (u64, String)> {
         self.x
-            .rebuild(self.file.as_ref(), end, max_batch_bytes, terms)
+            .rebuild(self.file.as_ref(), end, max_batch_bytes, terms, false)
+            .map(|_| ())
+    }
+
+    fn rebuild_tolerant(
+        &mut self,
+        end: u64,
+        max_batch_bytes: usize,
+        terms: &mut Vec<TermRun>,
+    ) -> Result<Option<(u64, String)>, (u64, String)> {
+        self.x
+            .rebuild(self.file.as_ref(), end, max_batch_bytes, terms, true)
     }
 
     fn corrupt(&self, position: u64, reason: String) -> StorageError {
@@ -582,6 +633,28 @@ impl Segment {
         self.rebuild(at.position, max_batch_bytes, &mut scratch)
             .map_err(|(p, r)| self.corrupt(p, r))?;
         terms.retain(|t| t.first_index < at.index);
+        Ok(())
+    }
+
+    /// Opens the segment's file again (after a repaired copy was renamed
+    /// over it) and checks `[from, to)` batch by batch with CRCs.
+    pub fn reopen_and_verify(
+        &mut self,
+        disk: &dyn Disk,
+        from: u64,
+        to: u64,
+        max_batch_bytes: usize,
+    ) -> Result<()> {
+        self.file = disk
+            .open(&self.path, OpenMode::Existing)
+            .map_err(io_err(|| format!("open {}", self.path.display())))?;
+        let mut scanner = Scanner::new(self.file.as_ref(), from, to, true, max_batch_bytes);
+        // Bounded by the batches in the stretch.
+        while scanner
+            .next_batch()
+            .map_err(|e| self.scan_error(e))?
+            .is_some()
+        {}
         Ok(())
     }
 

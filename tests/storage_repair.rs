@@ -1,0 +1,199 @@
+//! Repair of a damaged sealed segment on real files (`storage::repair`):
+//! the scrub finds a flipped byte, a plan names the stretch between sparse
+//! index entries, only the healthy replica's identical batches are accepted,
+//! and the repaired copy replaces the segment durably.
+
+use bytes::Bytes;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use weir::io::{DiskRef, RealDisk};
+use weir::storage::repair::write_repaired_copy;
+use weir::storage::{LogConfig, PartitionLog, StorageError};
+use weir::types::{split_batches, BatchBuilder, Event};
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 512,
+        max_batch_bytes: 4096,
+        ..LogConfig::default()
+    }
+}
+
+fn disk() -> DiskRef {
+    Arc::new(RealDisk)
+}
+
+/// A log of `n` one-record batches of 200-byte values, synced, closed; and
+/// a byte-identical copy of its directory (the healthy replica).
+fn two_replicas(n: u64) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    for i in 1..=n {
+        let mut b = BatchBuilder::new();
+        b.push(&Event {
+            key: Some(Bytes::from(format!("key-{i}"))),
+            value: Some(Bytes::from(vec![i as u8 | 1; 200])),
+            timestamp_ms: i as i64,
+            headers: vec![],
+        });
+        log.append(b.build(), 1 + i / 10, i, 0).unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+    let peer = tmp.path().join("peer");
+    std::fs::create_dir(&peer).unwrap();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, peer.join(p.file_name().unwrap())).unwrap();
+    }
+    (tmp, dir, peer)
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn flip_byte(path: &Path, pos: u64) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, pos).unwrap();
+    f.write_all_at(&[b[0] ^ 0x10], pos).unwrap();
+}
+
+fn all_crcs_hold(dir: &Path) -> bool {
+    segments(dir)
+        .iter()
+        .all(|p| split_batches(std::fs::read(p).unwrap().into(), usize::MAX).is_ok())
+}
+
+/// Runs the scrub over the whole log; returns the error it stopped at.
+fn scrub(log: &mut PartitionLog) -> Option<StorageError> {
+    let mut at = 0;
+    loop {
+        match log.scrub_step(at, 1000) {
+            Ok((_, 0)) => return None,
+            Ok((next, _)) => at = next,
+            Err(e) => {
+                assert!(log.note_damage(&e));
+                return Some(e);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_scrub_finds_a_flipped_byte_in_a_sealed_segment_and_a_peer_copy_repairs_it() {
+    let (_tmp, dir, peer_dir) = two_replicas(40);
+    let segs = segments(&dir);
+    assert!(segs.len() >= 3, "the fill must roll: {segs:?}");
+    // In the second sealed segment, past its first sparse index entry.
+    let victim = segs[1].clone();
+    flip_byte(&victim, 900);
+    // Sealed segments load from their index files: opening does not see it.
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    assert!(log.damage().is_none());
+    let found = scrub(&mut log).expect("the scrub finds the damage");
+    assert!(matches!(found, StorageError::Corrupt { ref path, .. } if *path == victim));
+    assert_eq!(log.damage().unwrap().path, victim);
+
+    let plan = log.repair_plan().expect("a sealed segment has a plan");
+    assert!(
+        plan.from_position <= 900 && 900 < plan.to_position,
+        "{plan:?}"
+    );
+    assert!(
+        plan.to_position - plan.from_position < 4096,
+        "a stretch, not the segment"
+    );
+
+    // What the healthy replica holds for the stretch is accepted; anything
+    // else is not.
+    let peer = PartitionLog::open(disk(), &peer_dir, config(), 0).unwrap();
+    let good = peer
+        .read(plan.from_offset, 1 << 20, plan.to_offset)
+        .unwrap()
+        .bytes;
+    let mut bad = good.to_vec();
+    bad[100] ^= 1;
+    assert!(plan.check(&bad, 4096).is_err());
+    assert!(plan.check(&good[..good.len() - 1], 4096).is_err());
+    // Batches past the stretch are left out.
+    let longer = peer
+        .read(plan.from_offset, 1 << 20, plan.to_offset + 1)
+        .unwrap()
+        .bytes;
+    assert!(longer.len() > good.len());
+    assert_eq!(plan.check(&longer, 4096).unwrap(), good);
+    let replacement = plan.check(&good, 4096).unwrap();
+
+    let (d, dir_of) = log.location();
+    let copy = write_repaired_copy(d.as_ref(), &dir_of, &plan, &replacement).unwrap();
+    assert!(log.install_repair(&plan, &copy).unwrap());
+    assert!(log.damage().is_none());
+    assert!(!copy.exists());
+    assert!(scrub(&mut log).is_none());
+    drop(log);
+    assert!(all_crcs_hold(&dir));
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        std::fs::read(peer_dir.join(victim.file_name().unwrap())).unwrap()
+    );
+    // And it reopens clean.
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    assert!(scrub(&mut log).is_none());
+}
+
+#[test]
+fn a_fetch_never_returns_a_damaged_batch() {
+    let (_tmp, dir, _peer) = two_replicas(40);
+    let victim = segments(&dir)[0].clone();
+    flip_byte(&victim, 100);
+    let log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    let end = log.next_offset();
+    match log.read(0, 1 << 20, end) {
+        Err(StorageError::Corrupt { path, position, .. }) => {
+            assert_eq!(path, victim);
+            assert_eq!(position, 0);
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    // Later segments still read.
+    let later = log.read(end - 1, 1 << 20, end).unwrap();
+    assert!(split_batches(later.bytes, usize::MAX).is_ok());
+}
+
+#[test]
+fn a_repair_of_a_segment_changed_meanwhile_is_dropped() {
+    let (_tmp, dir, peer_dir) = two_replicas(40);
+    let victim = segments(&dir)[0].clone();
+    flip_byte(&victim, 100);
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    scrub(&mut log).unwrap();
+    let mut plan = log.repair_plan().unwrap();
+    let peer = PartitionLog::open(disk(), &peer_dir, config(), 0).unwrap();
+    let good = peer
+        .read(plan.from_offset, 1 << 20, plan.to_offset)
+        .unwrap()
+        .bytes;
+    let replacement = plan.check(&good, 4096).unwrap();
+    let (d, dir_of) = log.location();
+    let copy = write_repaired_copy(d.as_ref(), &dir_of, &plan, &replacement).unwrap();
+    // As if retention had replaced the segment since.
+    plan.segment_bytes += 1;
+    assert!(!log.install_repair(&plan, &copy).unwrap());
+    assert!(!copy.exists());
+    assert!(log.damage().is_some());
+}

@@ -96,7 +96,8 @@ fn injected_bugs_are_found_and_the_clean_broker_passes() {
     // records lost with a sealed segment's tail (lost-write), often with
     // partitions that take no writes after the faults stop (unavailable).
     // trust-peers lets a forged heartbeat or proposal make raft-rs panic in
-    // a broker's driver: its partitions then take no writes (unavailable).
+    // a broker's driver: supervision ends that broker (broker-task-ended),
+    // or its partitions take no writes meanwhile (unavailable).
     let cases: [(u32, Setting, &[&str]); 6] = [
         (weir::bugs::ACK_BEFORE_COMMIT, DEFAULT, &["lost-write"]),
         (
@@ -124,7 +125,11 @@ fn injected_bugs_are_found_and_the_clean_broker_passes() {
             POWER_AFTER_ROLLS,
             &["lost-write", "unavailable"],
         ),
-        (weir::bugs::TRUST_PEERS, FORGED, &["unavailable"]),
+        (
+            weir::bugs::TRUST_PEERS,
+            FORGED,
+            &["unavailable", "broker-task-ended"],
+        ),
     ];
     // The clean broker must pass every seed a bug was looked for in, in
     // that bug's setting: (duration, power only) -> the highest such seed.

@@ -9,7 +9,8 @@
 //! it checks an oracle (two decoders that must agree).
 
 use crate::io::frame::{self, FrameReader, FRAME_BYTES_MAX};
-use crate::proto::{client_request::Body, ClientRequest};
+use crate::proto::{client_request::Body, peer_message, ClientRequest, PeerMessage};
+use crate::replication::peer_input;
 use crate::types::{split_batches, RecordBatch};
 use bytes::Bytes;
 use std::future::Future;
@@ -87,6 +88,96 @@ fn record_batch_once(bytes: Bytes) {
             let _ = b.records();
         }
     }
+}
+
+/// The peer port's Raft path, as `replication::transport` and the driver
+/// run it: frames read from the input as a byte stream, each decoded as a
+/// `PeerMessage`, each Raft message in it decoded as the transport does and
+/// checked by [`peer_input::check`] against replica 1 of a group of 1, 2
+/// and 3 (the input's first byte makes it a follower, a candidate or a
+/// leader), and stepped into raft-rs when it passes. Oracle: raft-rs never
+/// panics on a message the checks let through (libFuzzer reports a panic
+/// as a crash; the broker would fail-stop the group).
+pub fn peer(data: &[u8]) {
+    let Some((&role, stream)) = data.split_first() else {
+        return;
+    };
+    use protobuf::Message as _;
+    let mut node = peer_node(role);
+    ready(async {
+        let mut frames = FrameReader::with_max_bytes(stream, FRAME_BYTES_MAX);
+        while let Ok(Some(payload)) = frames.read_frame().await {
+            let Ok(msg) = frame::decode_message::<PeerMessage>(payload) else {
+                break;
+            };
+            let Some(peer_message::Body::Raft(batch)) = msg.body else {
+                continue;
+            };
+            for gm in batch.messages {
+                let Ok(m) = raft::eraftpb::Message::parse_from_carllerche_bytes(&gm.message) else {
+                    continue;
+                };
+                if peer_input::check(&node.raft, msg.from, &m).is_ok() {
+                    let _ = node.step(m);
+                }
+            }
+        }
+    });
+}
+
+/// Replica 1 of a group of 1, 2, 3 whose log holds entries 1..=5 at term 2,
+/// committed to 3, with the driver's Raft settings that matter here
+/// (check quorum, pre-vote); `role` % 3: follower, candidate, leader.
+fn peer_node(role: u8) -> raft::RawNode<raft::storage::MemStorage> {
+    use raft::eraftpb::{ConfState, Entry, HardState};
+    let storage =
+        raft::storage::MemStorage::new_with_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+    let entries: Vec<Entry> = (1..=5)
+        .map(|index| Entry {
+            index,
+            term: 2,
+            ..Entry::default()
+        })
+        .collect();
+    let mut core = storage.wl();
+    let fill = core.append(&entries);
+    assert!(fill.is_ok(), "a fresh MemStorage takes entries 1..=5");
+    core.set_hardstate(HardState {
+        term: 2,
+        commit: 3,
+        ..HardState::default()
+    });
+    drop(core);
+    let config = raft::Config {
+        id: 1,
+        check_quorum: true,
+        pre_vote: true,
+        max_uncommitted_size: raft::NO_LIMIT,
+        ..raft::Config::default()
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut node = match raft::RawNode::new(&config, storage, &logger) {
+        Ok(node) => node,
+        Err(e) => panic!("the harness's own replica must start: {e}"),
+    };
+    if role % 3 >= 1 {
+        node.raft.become_candidate();
+    }
+    if role % 3 == 2 {
+        node.raft.become_leader();
+    }
+    node
+}
+
+/// A broker's configuration file as `weir broker --config` reads it:
+/// parsed (comments, duplicates), then every setting checked against its
+/// bounds. Not network input, but the rule holds for the command
+/// line and files too: a clear error, never a panic.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = crate::cli::broker::parse_config_file(text).and_then(|s| crate::cli::broker::build(&s));
 }
 
 /// Runs a future that never waits (it reads from a byte slice) to its end

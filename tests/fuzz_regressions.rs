@@ -16,9 +16,11 @@ use weir::types::{BatchBuilder, ControlType, Event, Header};
 
 type Harness = fn(&[u8]);
 
-const TARGETS: [(&str, Harness); 2] = [
+const TARGETS: [(&str, Harness); 4] = [
     ("request", weir::fuzzing::request),
     ("record_batch", weir::fuzzing::record_batch),
+    ("peer", weir::fuzzing::peer),
+    ("config", weir::fuzzing::config),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -75,6 +77,45 @@ fn request(correlation_id: u64, body: Body) -> Vec<u8> {
         body: Some(body),
     };
     frame::encode_message(&req).unwrap().to_vec()
+}
+
+/// A raft-rs message of `kind` from `from` to broker 1, as a peer sends it.
+fn raft_message(
+    kind: raft::eraftpb::MessageType,
+    from: u64,
+    f: impl Fn(&mut raft::eraftpb::Message),
+) -> GroupMessage {
+    use protobuf::Message as _;
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(kind);
+    m.from = from;
+    m.to = 1;
+    m.term = 2;
+    f(&mut m);
+    GroupMessage {
+        group: 7,
+        message: Bytes::from(m.write_to_bytes().unwrap()),
+    }
+}
+
+/// A peer connection's frames: the hello naming `from`, then one Raft batch.
+fn peer_stream(role: u8, from: u64, messages: Vec<GroupMessage>) -> Vec<u8> {
+    let hello = PeerMessage {
+        from,
+        incarnation: 1,
+        body: None,
+    };
+    let raft = PeerMessage {
+        from,
+        incarnation: 1,
+        body: Some(peer_message::Body::Raft(RaftBatch { messages })),
+    };
+    [
+        vec![role],
+        frame::encode_message(&hello).unwrap().to_vec(),
+        frame::encode_message(&raft).unwrap().to_vec(),
+    ]
+    .concat()
 }
 
 /// The seed corpus: a few well-formed inputs of each kind the decoders
@@ -153,6 +194,56 @@ fn seeds() -> BTreeMap<String, Vec<u8>> {
         "request/pipelined".into(),
         [produce(2, &plain), fetch, metadata, create].concat(),
     );
+    {
+        use raft::eraftpb::{Entry, MessageType::*};
+        let heartbeat = raft_message(MsgHeartbeat, 2, |m| m.commit = 3);
+        let append = raft_message(MsgAppend, 2, |m| {
+            m.index = 5;
+            m.log_term = 2;
+            m.commit = 5;
+            m.set_entries(
+                vec![Entry {
+                    index: 6,
+                    term: 2,
+                    data: Bytes::from_static(b"entry"),
+                    ..Entry::default()
+                }]
+                .into(),
+            );
+        });
+        let vote = raft_message(MsgRequestPreVote, 3, |m| {
+            m.term = 3;
+            m.index = 5;
+            m.log_term = 2;
+        });
+        let response = raft_message(MsgAppendResponse, 3, |m| m.index = 5);
+        seeds.insert(
+            "peer/follower_heartbeat".into(),
+            peer_stream(0, 2, vec![heartbeat]),
+        );
+        seeds.insert(
+            "peer/follower_append".into(),
+            peer_stream(0, 2, vec![append]),
+        );
+        seeds.insert(
+            "peer/candidate_pre_vote".into(),
+            peer_stream(1, 3, vec![vote]),
+        );
+        seeds.insert(
+            "peer/leader_append_response".into(),
+            peer_stream(2, 3, vec![response]),
+        );
+    }
+    seeds.insert(
+        "config/every_key".into(),
+        b"# a broker\nid = 2\ndata_dir = /var/lib/weir#2 # the data\nlisten = 127.0.0.1:7410\n\
+          advertised_listen = broker-2:7410\npeer_listen = 127.0.0.1:7411\n\
+          peers = 1=127.0.0.1:7401,2=127.0.0.1:7411,3=127.0.0.1:7421\nlog_level = debug\n\
+          tick_ms = 100\nfsync = interval:50\nretention_check_ms = 60000\n\
+          quiesce_idle_groups = false\nmax_request_bytes_in_flight = 16777216\n"
+            .to_vec(),
+    );
+    seeds.insert("config/empty".into(), Vec::new());
     seeds.insert("record_batch/plain".into(), plain.to_vec());
     seeds.insert("record_batch/headers_and_nulls".into(), rich.to_vec());
     seeds.insert("record_batch/control".into(), control.to_vec());

@@ -208,3 +208,98 @@ async fn a_restarted_broker_never_answers_from_the_table_it_missed() {
     }
     assert!(not_ready > 0, "the broker was asked before it was ready");
 }
+
+/// A restarted broker that cannot become ready (no controller quorum) still
+/// serves the partitions it holds a replica of, when their own Raft group
+/// has a majority: readiness guards answers from the topic table, and a
+/// produce to a local replica asks the partition's group, not the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_without_a_controller_quorum_serves_its_own_partitions() {
+    use common::*;
+    use weir::proto::client_request::Body as Req;
+    use weir::proto::client_response::Body as Resp;
+    use weir::proto::{Acks, ErrorCode, ListOffsetsRequest, MetadataRequest, ProduceRequest};
+
+    // Five brokers, so the controller group has five voters while the
+    // topic has three replicas: losing three brokers, two of them not
+    // replicas, leaves the partition a majority and the controller none.
+    let mut cluster = Cluster::start(5).await;
+    wait_for_cluster(&cluster).await;
+    create_led(&cluster, "own", 1, 3).await;
+    let ask = Req::Metadata(MetadataRequest {
+        topics: vec!["own".into()],
+    });
+    let Resp::Metadata(m) = call(&cluster.any().await, ask).await else {
+        panic!("not a metadata answer")
+    };
+    let replicas = m.topics[0].partitions[0].replicas.clone();
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    // Let every broker save the controller's commit index (every 20 ticks),
+    // so that the restart replays the topic's creation from its own log.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (victim, survivor, lost) = (replicas[0], replicas[1], replicas[2]);
+    for id in (1..=5).filter(|id| !replicas.contains(id)) {
+        cluster.kill(id);
+    }
+    cluster.kill(lost);
+    cluster.kill(victim);
+    // The killed listener closes its port when its task is next polled.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    cluster.start_broker(victim).await;
+    // The victim never becomes ready (two of five controller voters), but
+    // once it has reopened its replica it answers for it from the
+    // partition's group (an offset, or who leads), never BROKER_NOT_READY.
+    let c = cluster.connect(victim).await;
+    let asked = Req::ListOffsets(ListOffsetsRequest {
+        topic: "own".into(),
+        partition: 0,
+        timestamp: -2,
+    });
+    eventually(
+        30,
+        "the restarted broker to answer for its replica",
+        || async {
+            let resp = c.request(asked.clone(), TIMEOUT).await.ok()?;
+            let not_ready = resp
+                .error
+                .is_some_and(|e| e.code == ErrorCode::BrokerNotReady as i32);
+            (!not_ready).then_some(())
+        },
+    )
+    .await;
+    // And the partition's majority (victim and survivor) takes writes
+    // through whichever of the two leads.
+    eventually(30, "a write through the partition's majority", || async {
+        for id in [victim, survivor] {
+            let c = cluster.connect(id).await;
+            let req = Req::Produce(ProduceRequest {
+                topic: "own".into(),
+                partition: 0,
+                acks: Acks::All as i32,
+                batch: batch_of(&[event("k", "v")]).as_bytes().clone(),
+                timeout_ms: 2000,
+            });
+            let resp = c.request(req, TIMEOUT).await.ok()?;
+            if let (None, Some(Resp::Produce(p))) = (&resp.error, &resp.body) {
+                if p.error.is_none() {
+                    return Some(());
+                }
+            }
+        }
+        None
+    })
+    .await;
+    // Questions answered from the table still wait for readiness.
+    let c = cluster.connect(victim).await;
+    let resp = c
+        .request(
+            Req::Metadata(MetadataRequest {
+                topics: vec!["own".into()],
+            }),
+            TIMEOUT,
+        )
+        .await
+        .expect("an answer");
+    let code = resp.error.map(|e| e.code);
+    assert_eq!(code, Some(ErrorCode::BrokerNotReady as i32));
+}

@@ -56,7 +56,7 @@ pub async fn handle(s: &Services, req: ClientRequest) -> ClientResponse {
         body,
         Req::DescribeCluster(_) | Req::DescribeLogDirs(_) | Req::DescribeBrokerStats(_)
     );
-    if from_table {
+    if from_table && !served_by_local_replicas(s, &body) {
         if let Err(why) = s.metadata.ready(&s.partitions.board) {
             return failed(correlation_id, ErrorCode::BrokerNotReady, why);
         }
@@ -85,6 +85,24 @@ pub async fn handle(s: &Services, req: ClientRequest) -> ClientResponse {
         correlation_id,
         error: None,
         body: Some(body),
+    }
+}
+
+/// Produce, fetch and list-offsets requests whose every partition has a
+/// replica open here are answered before the broker is ready: the replica
+/// was opened from the table, so the table knows the topic, and the answer
+/// comes from the partition's own Raft group (which may have a majority
+/// while the controller has none). Readiness is about not saying "does not
+/// exist" from a stale table; these do not ask the table that.
+fn served_by_local_replicas(s: &Services, body: &Req) -> bool {
+    let local = |topic: &str, partition: u32| s.partitions.replicas.get(topic, partition).is_some();
+    match body {
+        Req::Produce(r) => local(&r.topic, r.partition),
+        Req::ListOffsets(r) => local(&r.topic, r.partition),
+        Req::Fetch(r) => {
+            !r.partitions.is_empty() && r.partitions.iter().all(|p| local(&p.topic, p.partition))
+        }
+        _ => false,
     }
 }
 

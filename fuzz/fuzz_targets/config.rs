@@ -1,0 +1,3 @@
+//! `weir::fuzzing::config` (docs/fuzzing.md).
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weir::fuzzing::config(data));

@@ -245,3 +245,44 @@ fn damage_found_in_the_active_segment_is_sealed_and_repaired_from_a_peer() {
     );
     assert!(all_crcs_hold(&dir));
 }
+
+#[test]
+fn a_raft_truncation_into_a_damaged_segment_keeps_the_log_and_its_repair() {
+    let (_tmp, dir, peer_dir) = two_replicas(40);
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    let active = segments(&dir).last().unwrap().clone();
+    flip_byte(&active, 100);
+    assert!(scrub(&mut log).is_some());
+    // A conflicting uncommitted tail after the damaged batch is cut off, as
+    // Raft does when a new leader's entries differ: the rescan of the kept
+    // part meets the damage (before: a fatal error that poisoned the log and
+    // fail-stopped the replica).
+    let last = log.last_index();
+    log.truncate_suffix(last).unwrap();
+    assert_eq!(log.last_index(), last - 1);
+    assert_eq!(log.damage().unwrap().path, active);
+    // Appends go on (in a new segment), and the damage is repaired.
+    let mut b = BatchBuilder::new();
+    b.push(&Event {
+        key: None,
+        value: Some(Bytes::from_static(b"new leader's")),
+        timestamp_ms: 99,
+        headers: vec![],
+    });
+    log.append(b.build(), 6, last, 0).unwrap();
+    log.sync().unwrap();
+    let plan = log.repair_plan().expect("a sealed segment has a plan");
+    let peer = PartitionLog::open(disk(), &peer_dir, config(), 0).unwrap();
+    let good = peer
+        .read(plan.from_offset, 1 << 20, plan.to_offset)
+        .unwrap()
+        .bytes;
+    let replacement = plan.check(&good, 4096).unwrap();
+    let (d, dir_of) = log.location();
+    let copy = write_repaired_copy(d.as_ref(), &dir_of, &plan, &replacement).unwrap();
+    assert!(log.install_repair(&plan, &copy).unwrap());
+    assert!(log.damage().is_none());
+    assert!(scrub(&mut log).is_none());
+    drop(log);
+    assert!(all_crcs_hold(&dir));
+}

@@ -113,7 +113,9 @@ fn injected_bugs_are_found_and_the_clean_broker_passes() {
     // records lost with a sealed segment's tail (lost-write), often with
     // partitions that take no writes after the faults stop (unavailable).
     // trust-peers lets a forged heartbeat or proposal make raft-rs panic in
-    // a broker's driver: its partitions then take no writes (unavailable).
+    // a broker's driver: its partitions then take no writes (unavailable),
+    // or, now that brokers are supervised, the panic ends the broker
+    // (broker-task-ended).
     // skip-crc-check serves a rotted replica's damaged batches: a consumer
     // gets a batch failing its CRC (corrupt-read), or the auditor finds the
     // rotted replica's bytes differ (replica-divergence).
@@ -144,7 +146,11 @@ fn injected_bugs_are_found_and_the_clean_broker_passes() {
             POWER_AFTER_ROLLS,
             &["lost-write", "unavailable"],
         ),
-        (weir::bugs::TRUST_PEERS, FORGED, &["unavailable"]),
+        (
+            weir::bugs::TRUST_PEERS,
+            FORGED,
+            &["unavailable", "broker-task-ended"],
+        ),
         (
             weir::bugs::SKIP_CRC_CHECK,
             ROTTED,

@@ -23,6 +23,11 @@ pub const SKIP_SEAL_SYNC: u32 = 16;
 /// commit checks; `replication::peer_input`), so a forged or hostile one
 /// can make raft-rs panic, and the panic is not contained.
 pub const TRUST_PEERS: u32 = 1 << 10;
+/// Fetches serve batches without checking their CRCs, and the background
+/// scrub checks nothing: a replica whose disk rotted serves the damaged
+/// bytes, and nothing finds and repairs the damage unless sending entries
+/// to a follower reads it.
+pub const SKIP_CRC_CHECK: u32 = 1 << 11;
 
 #[cfg(feature = "inject-bugs")]
 mod imp {

@@ -197,3 +197,92 @@ fn a_repair_of_a_segment_changed_meanwhile_is_dropped() {
     assert!(!copy.exists());
     assert!(log.damage().is_some());
 }
+
+#[test]
+fn damage_found_in_the_active_segment_is_sealed_and_repaired_from_a_peer() {
+    let (_tmp, dir, peer_dir) = two_replicas(40);
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    assert!(log.damage().is_none());
+    // Rot after the open (which checks the active segment): in the active
+    // segment's first batch's record, as a failing disk flips it under a
+    // running broker.
+    let active = segments(&dir).last().unwrap().clone();
+    flip_byte(&active, 100);
+    let found = scrub(&mut log).expect("the scrub finds the damage");
+    assert!(matches!(found, StorageError::Corrupt { ref path, .. } if *path == active));
+    // Sealed at once, so that it has a repair plan (before: none, and the
+    // replica stayed damaged until the segment rolled by size or age).
+    assert_eq!(segments(&dir).len(), segments(&peer_dir).len() + 1);
+    let plan = log.repair_plan().expect("the damaged segment was sealed");
+    assert_eq!(plan.path, active);
+    let peer = PartitionLog::open(disk(), &peer_dir, config(), 0).unwrap();
+    let good = peer
+        .read(plan.from_offset, 1 << 20, plan.to_offset)
+        .unwrap()
+        .bytes;
+    let replacement = plan.check(&good, 4096).unwrap();
+    let (d, dir_of) = log.location();
+    let copy = write_repaired_copy(d.as_ref(), &dir_of, &plan, &replacement).unwrap();
+    assert!(log.install_repair(&plan, &copy).unwrap());
+    assert!(log.damage().is_none());
+    assert!(scrub(&mut log).is_none());
+    // Appends go on in the new active segment.
+    let next = log.next_offset();
+    let mut b = BatchBuilder::new();
+    b.push(&Event {
+        key: None,
+        value: Some(Bytes::from_static(b"after")),
+        timestamp_ms: 99,
+        headers: vec![],
+    });
+    log.append(b.build(), 5, 41, 0).unwrap();
+    log.sync().unwrap();
+    assert_eq!(log.next_offset(), next + 1);
+    drop(log);
+    assert_eq!(
+        std::fs::read(&active).unwrap(),
+        std::fs::read(peer_dir.join(active.file_name().unwrap())).unwrap()
+    );
+    assert!(all_crcs_hold(&dir));
+}
+
+#[test]
+fn a_raft_truncation_into_a_damaged_segment_keeps_the_log_and_its_repair() {
+    let (_tmp, dir, peer_dir) = two_replicas(40);
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    let active = segments(&dir).last().unwrap().clone();
+    flip_byte(&active, 100);
+    assert!(scrub(&mut log).is_some());
+    // A conflicting uncommitted tail after the damaged batch is cut off, as
+    // Raft does when a new leader's entries differ: the rescan of the kept
+    // part meets the damage (before: a fatal error that poisoned the log and
+    // fail-stopped the replica).
+    let last = log.last_index();
+    log.truncate_suffix(last).unwrap();
+    assert_eq!(log.last_index(), last - 1);
+    assert_eq!(log.damage().unwrap().path, active);
+    // Appends go on (in a new segment), and the damage is repaired.
+    let mut b = BatchBuilder::new();
+    b.push(&Event {
+        key: None,
+        value: Some(Bytes::from_static(b"new leader's")),
+        timestamp_ms: 99,
+        headers: vec![],
+    });
+    log.append(b.build(), 6, last, 0).unwrap();
+    log.sync().unwrap();
+    let plan = log.repair_plan().expect("a sealed segment has a plan");
+    let peer = PartitionLog::open(disk(), &peer_dir, config(), 0).unwrap();
+    let good = peer
+        .read(plan.from_offset, 1 << 20, plan.to_offset)
+        .unwrap()
+        .bytes;
+    let replacement = plan.check(&good, 4096).unwrap();
+    let (d, dir_of) = log.location();
+    let copy = write_repaired_copy(d.as_ref(), &dir_of, &plan, &replacement).unwrap();
+    assert!(log.install_repair(&plan, &copy).unwrap());
+    assert!(log.damage().is_none());
+    assert!(scrub(&mut log).is_none());
+    drop(log);
+    assert!(all_crcs_hold(&dir));
+}

@@ -4,9 +4,9 @@
 //! `duplicate` is informational: a retried write of unknown outcome may
 //! legitimately land twice.
 
-use crate::history::{History, Outcome, Poll};
 #[cfg(test)]
-use crate::history::{Probe, ReplicaCheck};
+use crate::history::{CorruptRead, Probe, ReplicaCheck};
+use crate::history::{History, Outcome, Poll};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -73,6 +73,7 @@ pub fn check(h: &History) -> Report {
     anomalies.extend(duplicate(h));
     anomalies.extend(unavailable(h));
     anomalies.extend(replica_divergence(h));
+    anomalies.extend(corrupt_read(h));
     Report {
         writes: h.writes.len(),
         acked: h
@@ -277,6 +278,22 @@ pub fn replica_divergence(h: &History) -> Vec<Anomaly> {
         .collect()
 }
 
+/// `corrupt-read`: a fetch returned a batch whose CRC-32C does not match
+/// its bytes. A broker must check what it serves: a damaged replica answers
+/// an error (and repairs itself), never the damaged bytes.
+pub fn corrupt_read(h: &History) -> Vec<Anomaly> {
+    h.corrupt_reads
+        .iter()
+        .map(|c| Anomaly {
+            name: "corrupt-read",
+            detail: format!(
+                "consumer {} got a batch failing its CRC at offset {} of partition {} from broker {}",
+                c.consumer, c.base, c.partition, c.broker
+            ),
+        })
+        .collect()
+}
+
 /// `unavailable`: after the faults stop, a partition has no leader that
 /// accepts and acknowledges a write within the stated bound.
 pub fn unavailable(h: &History) -> Vec<Anomaly> {
@@ -370,7 +387,31 @@ mod tests {
             }],
             available_within_ms: 10_000,
             replica_checks: vec![],
+            corrupt_reads: vec![],
         }
+    }
+
+    #[test]
+    fn corrupt_read_is_caught() {
+        let mut h = clean();
+        assert!(corrupt_read(&h).is_empty());
+        h.corrupt_reads.push(CorruptRead {
+            consumer: 1,
+            partition: 2,
+            broker: 3,
+            base: 40,
+        });
+        let found = check(&h).anomalies;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].name == "corrupt-read"
+                && found[0].is_failure()
+                && found[0]
+                    .detail
+                    .contains("offset 40 of partition 2 from broker 3"),
+            "{}",
+            found[0]
+        );
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //! phase in which everything is healed and consumers catch up.
 
 use crate::checker::{self, Report};
-use crate::history::{BatchSeen, History, Outcome, Poll, Probe, Rec, ReplicaCheck, Trace, Write};
+use crate::history::{
+    BatchSeen, CorruptRead, History, Outcome, Poll, Probe, Rec, ReplicaCheck, Trace, Write,
+};
 use crate::nemesis::{broker_host, FaultKind, Nemesis, Request};
+use crate::rot::FsHandles;
 use crate::{SimDisk, SimNetwork, SpaceHandle};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -23,7 +26,7 @@ use weir::io::{DiskRef, FaultConfig, FaultHandle, FaultyDisk};
 use weir::proto::client_request::Body as Req;
 use weir::proto::client_response::Body as Resp;
 use weir::proto::*;
-use weir::types::{BatchBuilder, BatchHeader, Event, RecordBatch};
+use weir::types::{BatchBuilder, BatchHeader, Event, RecordBatch, RecordError};
 
 pub(crate) const TOPIC: &str = "sim";
 /// The topic an admin client creates mid-run; its partitions follow the
@@ -220,7 +223,7 @@ pub fn run(o: &Options) -> RunResult {
         let space = disks.borrow_mut().space.entry(id).or_default().clone();
         nemesis.disk_space.insert(id, space);
     }
-    add_hosts(&mut sim, o, &world, &disks);
+    add_hosts(&mut sim, o, &world, &disks, &nemesis.fs);
     nemesis.clients = client_hosts(o);
     let error = drive(&mut sim, o, &world, &mut nemesis, &disks);
     let simulated = sim.elapsed();
@@ -269,11 +272,24 @@ fn client_hosts(_o: &Options) -> Vec<String> {
     vec!["clients".to_string()]
 }
 
-fn add_hosts(sim: &mut turmoil::Sim, o: &Options, world: &Shared, disks: &SharedDisks) {
+fn add_hosts(
+    sim: &mut turmoil::Sim,
+    o: &Options,
+    world: &Shared,
+    disks: &SharedDisks,
+    fs: &FsHandles,
+) {
+    // `rot` needs the scrub to run within a simulated run; other runs keep
+    // the default (an hour: never within a run).
+    let scrub_interval_ms = o
+        .faults
+        .contains(&FaultKind::Rot)
+        .then_some(SIM_SCRUB_INTERVAL_MS);
     for id in 1..=o.brokers {
-        let (n, seed, disks, w) = (o.brokers, o.seed, disks.clone(), world.clone());
+        let (n, seed, disks, w, fs) = (o.brokers, o.seed, disks.clone(), world.clone(), fs.clone());
         sim.host(broker_host(id), move || {
-            run_broker(id, n, seed, make_disk(&disks, id, seed), w.clone())
+            let c = broker_config(id, n, seed, scrub_interval_ms);
+            run_broker(id, c, make_disk(&disks, id, seed), w.clone(), fs.clone())
         });
     }
     let (w, o) = (world.clone(), Rc::new(o.clone()));
@@ -419,7 +435,11 @@ fn group_commit_hold_ms(seed: u64) -> u64 {
     [0, 0, 4][(seed / 12 % 3) as usize]
 }
 
-fn broker_config(id: u64, n: u64, seed: u64) -> BrokerConfig {
+/// The scrub's interval between passes in runs with `rot` (the default
+/// rate, 16 MiB/s, reads a simulated log whole in one step).
+const SIM_SCRUB_INTERVAL_MS: u64 = 2_000;
+
+fn broker_config(id: u64, n: u64, seed: u64, scrub_interval_ms: Option<u64>) -> BrokerConfig {
     let peers: BTreeMap<u64, String> = (1..=n)
         .map(|i| (i, format!("{}:7401", broker_host(i))))
         .collect();
@@ -436,6 +456,9 @@ fn broker_config(id: u64, n: u64, seed: u64) -> BrokerConfig {
     c.driver.simulated_sync_ms = simulated_sync_ms(seed);
     c.driver.group_commit_gap_us = group_commit_hold_ms(seed) * 1_000;
     c.driver.group_commit_busy_bytes_per_sec = 1;
+    if let Some(ms) = scrub_interval_ms {
+        c.scrub_interval_ms = ms;
+    }
     c
 }
 
@@ -495,7 +518,16 @@ fn disks_off(disks: &SharedDisks) -> Option<String> {
     Some(format!("disk faults off after {total} injected"))
 }
 
-async fn run_broker(id: u64, n: u64, seed: u64, disk: DiskRef, world: Shared) -> turmoil::Result {
+async fn run_broker(
+    id: u64,
+    config: BrokerConfig,
+    disk: DiskRef,
+    world: Shared,
+    fs: FsHandles,
+) -> turmoil::Result {
+    // The host's filesystem, for the `rot` fault (the same one across
+    // restarts; taken again at each start all the same).
+    fs.borrow_mut().insert(id, turmoil::fs::FsHandle::current());
     let seams = Seams {
         disk,
         net: Arc::new(SimNetwork::new()),
@@ -507,7 +539,7 @@ async fn run_broker(id: u64, n: u64, seed: u64, disk: DiskRef, world: Shared) ->
         // A start can fail on an injected disk error; retry as a supervisor
         // would, rather than failing the whole simulation.
         let mut running = loop {
-            match broker::start(broker_config(id, n, seed), seams.clone()).await {
+            match broker::start(config.clone(), seams.clone()).await {
                 Ok(r) => break r,
                 Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
             }
@@ -1098,7 +1130,13 @@ async fn consumer(w: Shared, o: Rc<Options>, c: u32, late: bool) {
             let from = *pos.entry(p).or_insert(0);
             let at = w.borrow().locate(p);
             match fetch_once(&mut conns, to, at, from).await {
-                Ok(batches) => {
+                Ok((batches, corrupt)) => {
+                    if let Some(base) = corrupt {
+                        // Served damaged: the checker fails the run. Read
+                        // on from another broker rather than spin here.
+                        note_corrupt_read(&w, c, to, p, base);
+                        leader.insert(p, rng.gen_range(1..=o.brokers));
+                    }
                     if let Some(last) = batches.last() {
                         pos.insert(p, last.last + 1);
                         progressed = true;
@@ -1131,6 +1169,24 @@ fn caught_up(w: &Shared, pos: &BTreeMap<u32, i64>) -> bool {
             .all(|(p, max)| pos.get(p).is_some_and(|at| at > max))
 }
 
+/// Records a damaged batch served to consumer `c`, once per broker and
+/// batch (a consumer sent back to the same broker meets it again).
+fn note_corrupt_read(w: &Shared, c: u32, to: u64, partition: u32, base: i64) {
+    let read = CorruptRead {
+        consumer: c,
+        partition,
+        broker: to,
+        base,
+    };
+    let mut wm = w.borrow_mut();
+    if wm.history.corrupt_reads.contains(&read) {
+        return;
+    }
+    let line = format!("c{c} poll {partition} via b{to}: batch at {base} fails its CRC");
+    wm.trace.push(now_ms(), line);
+    wm.history.corrupt_reads.push(read);
+}
+
 fn record_poll(w: &Shared, c: u32, to: u64, partition: u32, from: i64, batches: Vec<BatchSeen>) {
     let mut line = format!("c{c} poll {partition}@{from} via b{to}:");
     for b in &batches {
@@ -1151,13 +1207,14 @@ fn record_poll(w: &Shared, c: u32, to: u64, partition: u32, from: i64, batches: 
     });
 }
 
-/// One fetch: the batches reaching past `from`, or the leader to try next.
+/// One fetch: the batches reaching past `from` (and the base offset of a
+/// batch that failed its CRC, where they stop), or the leader to try next.
 async fn fetch_once(
     conns: &mut Conns,
     to: u64,
     (topic, partition): (&str, u32),
     from: i64,
-) -> Result<Vec<BatchSeen>, Option<u64>> {
+) -> Result<(Vec<BatchSeen>, Option<i64>), Option<u64>> {
     let req = Req::Fetch(FetchRequest {
         partitions: vec![FetchPartition {
             topic: topic.into(),
@@ -1179,7 +1236,7 @@ async fn fetch_once(
     if let Some(e) = part.error {
         // Out of range (a reader ahead of this leader) keeps the broker.
         if e.code == ErrorCode::OffsetOutOfRange as i32 {
-            return Ok(vec![]);
+            return Ok((vec![], None));
         }
         return Err((e.leader_id != 0).then_some(e.leader_id));
     }
@@ -1187,8 +1244,10 @@ async fn fetch_once(
 }
 
 /// Splits fetched bytes into batches, dropping those wholly before `from`
-/// and anything undecodable (a torn tail is not an answer to check).
-fn decode(mut bytes: Bytes, from: i64) -> Vec<BatchSeen> {
+/// and anything undecodable (a torn tail is not an answer to check). A
+/// whole batch whose CRC fails ends the list too, and its base offset is
+/// returned: a broker served damaged data.
+fn decode(mut bytes: Bytes, from: i64) -> (Vec<BatchSeen>, Option<i64>) {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let Ok(h) = BatchHeader::parse(&bytes, usize::MAX) else {
@@ -1197,8 +1256,10 @@ fn decode(mut bytes: Bytes, from: i64) -> Vec<BatchSeen> {
         if h.size_bytes() > bytes.len() {
             break;
         }
-        let Ok(b) = RecordBatch::parse(bytes.split_to(h.size_bytes()), usize::MAX) else {
-            break;
+        let b = match RecordBatch::parse(bytes.split_to(h.size_bytes()), usize::MAX) {
+            Ok(b) => b,
+            Err(RecordError::CrcMismatch { .. }) => return (out, Some(h.base_offset)),
+            Err(_) => break,
         };
         let last = b.next_offset() - 1;
         if last < from {
@@ -1224,7 +1285,7 @@ fn decode(mut bytes: Bytes, from: i64) -> Vec<BatchSeen> {
             records,
         });
     }
-    out
+    (out, None)
 }
 
 fn text(b: Option<&[u8]>) -> String {

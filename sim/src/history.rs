@@ -102,6 +102,20 @@ pub struct History {
     pub available_within_ms: u64,
     /// Replica comparisons at the end of the run, one per partition.
     pub replica_checks: Vec<ReplicaCheck>,
+    /// Batches a fetch returned whose CRC-32C did not match their bytes
+    /// (a broker served damaged data).
+    pub corrupt_reads: Vec<CorruptRead>,
+}
+
+/// A damaged batch a broker served to a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptRead {
+    pub consumer: u32,
+    pub partition: u32,
+    /// The broker that served it.
+    pub broker: u64,
+    /// The batch's base offset, as its (CRC-less) header claims.
+    pub base: i64,
 }
 
 /// Every replica of a partition read up to the lowest high watermark among

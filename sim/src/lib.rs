@@ -10,7 +10,8 @@
 //! - [`cluster`]: one seeded run of a whole cluster under faults (the
 //!   `weir-sim` binary), recording a [`history`] for the [`checker`]s;
 //!   faults come from the [`nemesis`]; an admin client (`admin.rs`)
-//!   creates a topic mid-run and carries out leadership transfers.
+//!   creates a topic mid-run and carries out leadership transfers; [`rot`]
+//!   flips bytes in a replica's log on the simulated disk.
 //! - [`seeded`]: property tests replayable from a seed (`WEIR_TEST_SEED`).
 
 mod admin;
@@ -22,6 +23,7 @@ pub mod history;
 pub mod log_model;
 pub mod nemesis;
 pub mod net;
+pub mod rot;
 pub mod seeded;
 
 pub use disk::{SimDisk, SpaceHandle};

@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     available_within: u64,
     /// Faults to draw from: isolate, split, bridge, crash, delay, power, disk,
-    /// transfer, pause, lossy, full; or "none".
+    /// transfer, pause, lossy, forge, full, rot; or "none".
     #[arg(
         long,
         value_delimiter = ',',
@@ -70,7 +70,8 @@ struct Args {
     #[arg(long, hide = true)]
     worker_seed: Option<u64>,
     /// Switch on a deliberate broker bug: ack-before-commit, fetch-beyond-hw,
-    /// skip-fsync, follower-restamps, skip-seal-sync, trust-peers.
+    /// skip-fsync, follower-restamps, skip-seal-sync, trust-peers,
+    /// skip-crc-check.
     #[arg(long, value_delimiter = ',')]
     inject_bug: Vec<String>,
 }
@@ -84,9 +85,10 @@ pub fn bug_bits(names: &[String]) -> Result<u32, String> {
         "follower-restamps" => Ok(bits | weir::bugs::FOLLOWER_RESTAMPS),
         "skip-seal-sync" => Ok(bits | weir::bugs::SKIP_SEAL_SYNC),
         "trust-peers" => Ok(bits | weir::bugs::TRUST_PEERS),
+        "skip-crc-check" => Ok(bits | weir::bugs::SKIP_CRC_CHECK),
         other => Err(format!(
             "unknown bug {other:?} (known: ack-before-commit, fetch-beyond-hw, skip-fsync, \
-             follower-restamps, skip-seal-sync, trust-peers)"
+             follower-restamps, skip-seal-sync, trust-peers, skip-crc-check)"
         )),
     })
 }

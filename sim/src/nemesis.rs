@@ -2,6 +2,7 @@
 //! only place that holds the `Sim`).
 
 use crate::history::Trace;
+use crate::rot::FsHandles;
 use crate::SpaceHandle;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -58,10 +59,17 @@ pub enum FaultKind {
     /// OUT_OF_SPACE while it leads, and everything else goes on (turmoil's
     /// filesystem has no size, so only the reported space changes).
     Full,
+    /// Bit rot: one byte of a committed batch's records flipped on disk in
+    /// one replica of a partition (sealed or active segment; each
+    /// partition's victim replica drawn once per run, so never a majority;
+    /// see `rot.rs`). An action, like `transfer`; brokers find it by CRC
+    /// (fetch, replication, a scrub every few seconds in these runs) and
+    /// repair it from a healthy replica. Opt-in (not in the default set).
+    Rot,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Isolate,
         FaultKind::Split,
         FaultKind::Bridge,
@@ -74,6 +82,7 @@ impl FaultKind {
         FaultKind::Lossy,
         FaultKind::Forge,
         FaultKind::Full,
+        FaultKind::Rot,
     ];
 
     /// The default set: all but `Disk`, whose storage errors still make
@@ -104,6 +113,7 @@ impl FaultKind {
             FaultKind::Lossy => "lossy",
             FaultKind::Forge => "forge",
             FaultKind::Full => "full",
+            FaultKind::Rot => "rot",
         }
     }
 
@@ -292,6 +302,10 @@ pub struct Nemesis {
     /// Each broker's disk space as its SimDisk reports it (for `full`),
     /// set by the caller.
     pub disk_space: BTreeMap<u64, SpaceHandle>,
+    /// Each broker's filesystem (for `rot`), filled in by the broker hosts.
+    pub fs: FsHandles,
+    /// `rot`: each partition directory's one victim replica.
+    rot_victims: BTreeMap<String, u64>,
 }
 
 impl Nemesis {
@@ -310,6 +324,8 @@ impl Nemesis {
             clients: Vec::new(),
             requests: Vec::new(),
             disk_space: BTreeMap::new(),
+            fs: FsHandles::default(),
+            rot_victims: BTreeMap::new(),
         }
     }
 
@@ -399,6 +415,10 @@ impl Nemesis {
             self.forge(now, trace);
             return;
         }
+        if kind == FaultKind::Rot {
+            self.rot(now, trace);
+            return;
+        }
         let Some(active) = self.draw(kind) else {
             return;
         };
@@ -448,6 +468,24 @@ impl Nemesis {
         trace.push(now as u128, line);
     }
 
+    /// Flips a byte of a committed batch in one replica's log.
+    fn rot(&mut self, now: u64, trace: &mut Trace) {
+        let fs = self.fs.borrow();
+        let line = match crate::rot::rot(&fs, &mut self.rot_victims, &mut self.rng) {
+            Some(f) => format!(
+                "nemesis rot b{}: {} byte {} (batch at offset {}, {} segment) ^= {:#04x}",
+                f.broker,
+                f.file.display(),
+                f.position,
+                f.base_offset,
+                if f.sealed { "sealed" } else { "active" },
+                f.mask
+            ),
+            None => "nemesis rot: no batch to damage yet".into(),
+        };
+        trace.push(now as u128, line);
+    }
+
     /// The fault's victims and parameters; `None` if no broker is left.
     fn draw(&mut self, kind: FaultKind) -> Option<Active> {
         let active = match kind {
@@ -491,7 +529,9 @@ impl Nemesis {
                 Active::Lossy(b, links)
             }
             // Continuous, not an episode: never among the weights.
-            FaultKind::Disk | FaultKind::Transfer | FaultKind::Forge => return None,
+            FaultKind::Disk | FaultKind::Transfer | FaultKind::Forge | FaultKind::Rot => {
+                return None
+            }
         };
         Some(active)
     }

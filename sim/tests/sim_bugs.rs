@@ -21,6 +21,8 @@ struct Setting {
     power_only: bool,
     /// Forged peer frames only, rather than the default faults.
     forge_only: bool,
+    /// Bit rot only, rather than the default faults.
+    rot_only: bool,
 }
 
 /// The usual setting: short runs under the default faults.
@@ -28,6 +30,7 @@ const DEFAULT: Setting = Setting {
     duration_s: 5,
     power_only: false,
     forge_only: false,
+    rot_only: false,
 };
 
 /// skip-seal-sync loses only what is appended to a segment just before it
@@ -38,6 +41,7 @@ const POWER_AFTER_ROLLS: Setting = Setting {
     duration_s: 10,
     power_only: true,
     forge_only: false,
+    rot_only: false,
 };
 
 /// trust-peers shows only when someone sends hostile peer frames: the
@@ -46,6 +50,16 @@ const FORGED: Setting = Setting {
     duration_s: 10,
     power_only: false,
     forge_only: true,
+    rot_only: false,
+};
+
+/// skip-crc-check shows only when a replica's disk rots: the `rot` fault,
+/// alone.
+const ROTTED: Setting = Setting {
+    duration_s: 10,
+    power_only: false,
+    forge_only: false,
+    rot_only: true,
 };
 
 fn options(seed: u64, bugs: u32, setting: Setting) -> Options {
@@ -60,6 +74,9 @@ fn options(seed: u64, bugs: u32, setting: Setting) -> Options {
     }
     if setting.forge_only {
         o.faults = vec![FaultKind::Forge];
+    }
+    if setting.rot_only {
+        o.faults = vec![FaultKind::Rot];
     }
     o
 }
@@ -96,9 +113,13 @@ fn injected_bugs_are_found_and_the_clean_broker_passes() {
     // records lost with a sealed segment's tail (lost-write), often with
     // partitions that take no writes after the faults stop (unavailable).
     // trust-peers lets a forged heartbeat or proposal make raft-rs panic in
-    // a broker's driver: supervision ends that broker (broker-task-ended),
-    // or its partitions take no writes meanwhile (unavailable).
-    let cases: [(u32, Setting, &[&str]); 6] = [
+    // a broker's driver: its partitions then take no writes (unavailable),
+    // or, now that brokers are supervised, the panic ends the broker
+    // (broker-task-ended).
+    // skip-crc-check serves a rotted replica's damaged batches: a consumer
+    // gets a batch failing its CRC (corrupt-read), or the auditor finds the
+    // rotted replica's bytes differ (replica-divergence).
+    let cases: [(u32, Setting, &[&str]); 7] = [
         (weir::bugs::ACK_BEFORE_COMMIT, DEFAULT, &["lost-write"]),
         (
             weir::bugs::FETCH_BEYOND_HW,
@@ -130,10 +151,15 @@ fn injected_bugs_are_found_and_the_clean_broker_passes() {
             FORGED,
             &["unavailable", "broker-task-ended"],
         ),
+        (
+            weir::bugs::SKIP_CRC_CHECK,
+            ROTTED,
+            &["corrupt-read", "replica-divergence"],
+        ),
     ];
     // The clean broker must pass every seed a bug was looked for in, in
     // that bug's setting: (duration, power only) -> the highest such seed.
-    let mut clean: BTreeMap<(u64, bool, bool), u64> = BTreeMap::new();
+    let mut clean: BTreeMap<(u64, bool, bool, bool), u64> = BTreeMap::new();
     for (bug, setting, anomalies) in cases {
         let (seed, found) = first_failure(bug, setting)
             .unwrap_or_else(|| panic!("bug {bug} not found in {SEEDS} seeds"));
@@ -142,22 +168,28 @@ fn injected_bugs_are_found_and_the_clean_broker_passes() {
             "bug {bug}: {found:?}"
         );
         let last = clean
-            .entry((setting.duration_s, setting.power_only, setting.forge_only))
+            .entry((
+                setting.duration_s,
+                setting.power_only,
+                setting.forge_only,
+                setting.rot_only,
+            ))
             .or_default();
         *last = (*last).max(seed);
     }
-    for ((duration_s, power_only, forge_only), last_seed) in clean {
+    for ((duration_s, power_only, forge_only, rot_only), last_seed) in clean {
         let setting = Setting {
             duration_s,
             power_only,
             forge_only,
+            rot_only,
         };
         for seed in 0..=last_seed {
             let r = run(&options(seed, 0, setting));
             assert!(
                 r.passed(),
                 "clean seed {seed} ({duration_s} s, power only: {power_only}, \
-                 forge only: {forge_only}): {:?} {:?}",
+                 forge only: {forge_only}, rot only: {rot_only}): {:?} {:?}",
                 r.error,
                 r.report.anomalies
             );

@@ -115,7 +115,7 @@ impl Scrubber {
 
     /// Checks the next stretch of one replica's log.
     fn scrub_step(&mut self, all: &[((String, u32), Replica)]) {
-        if all.is_empty() {
+        if all.is_empty() || crate::bugs::on(crate::bugs::SKIP_CRC_CHECK) {
             return;
         }
         let now = Instant::now();

@@ -628,9 +628,13 @@ impl Segment {
             .truncate(at.position)
             .and_then(|()| self.file.sync())
             .map_err(io_err(|| format!("truncate {}", self.path.display())))?;
-        // Rare (a Raft conflict): rescan for an exact summary.
+        // Rare (a Raft conflict): rescan for an exact summary. A batch
+        // before the cut whose CRC fails (its header sound) is rot the log
+        // already knows or the next read or scrub finds, and repairs from a
+        // healthy replica: taken in, not fatal. Fatal, it fail-stopped a
+        // replica whose rotted segment held a conflicting uncommitted tail.
         let mut scratch = Vec::new();
-        self.rebuild(at.position, max_batch_bytes, &mut scratch)
+        self.rebuild_tolerant(at.position, max_batch_bytes, &mut scratch)
             .map_err(|(p, r)| self.corrupt(p, r))?;
         terms.retain(|t| t.first_index < at.index);
         Ok(())

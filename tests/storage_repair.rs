@@ -336,3 +336,39 @@ fn a_truncation_below_the_damage_forgets_it() {
     log.truncate_suffix(plan.from_index).unwrap();
     assert!(log.damage().is_none(), "{:?}", log.damage());
 }
+
+#[test]
+fn a_truncation_past_the_damage_keeps_the_log_usable() {
+    let (_tmp, dir, peer_dir) = two_replicas(40);
+    let victim = segments(&dir)[1].clone();
+    flip_byte(&victim, 900);
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    scrub(&mut log).unwrap();
+    let plan = log.repair_plan().unwrap();
+    // Raft cuts the damaged segment after the damaged batch: the cut
+    // succeeds, the damage stays known, and the log goes on.
+    let cut = plan.to_index;
+    assert!(log.term(cut).is_some());
+    log.truncate_suffix(cut).unwrap();
+    assert_eq!(log.damage().unwrap().path, victim);
+    append(&mut log, cut..=40, |_| 9);
+    log.sync().unwrap();
+    assert_eq!(log.next_offset(), 40);
+    // Sealed again, so the damaged stretch is repaired as before.
+    let plan = log
+        .repair_plan()
+        .expect("the damaged segment is sealed again");
+    let peer = PartitionLog::open(disk(), &peer_dir, config(), 0).unwrap();
+    let good = peer
+        .read(plan.from_offset, 1 << 20, plan.to_offset)
+        .unwrap()
+        .bytes;
+    let replacement = plan.check(&good, 4096).unwrap();
+    let copy = write_repaired_copy(disk().as_ref(), &dir, &plan, &replacement).unwrap();
+    assert!(log.install_repair(&plan, &copy).unwrap());
+    assert!(scrub(&mut log).is_none());
+    drop(log);
+    let log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    assert_eq!(log.next_offset(), 40);
+    assert!(log.damage().is_none());
+}

@@ -724,7 +724,7 @@ impl PartitionLog {
                 seg.path.display()
             ))
         })?;
-        seg.truncate_to(&at, max, &mut self.terms)?;
+        let damaged = seg.truncate_to(&at, max, &mut self.terms)?;
         // Damage cut off goes with its batch; a regrown segment carries
         // the same name, so `damage()`'s path check alone would keep it.
         let (path, size) = (seg.path.clone(), seg.size_bytes);
@@ -739,6 +739,16 @@ impl PartitionLog {
             self.damage = None;
         }
         self.unsynced = false;
+        if let Some(e) = damaged {
+            // The segment is active again with a damaged batch before the
+            // cut: sealed again (as an open does), so that the batch is
+            // repaired as in any sealed segment while appends go to a new one.
+            self.note_damage(&e);
+            self.forget_stale_sealing();
+            self.roll()?;
+            sync_dir(disk.as_ref(), &self.dir)?;
+            self.dir_synced_rolls = self.rolls;
+        }
         Ok(())
     }
 

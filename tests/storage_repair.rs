@@ -7,8 +7,8 @@ use bytes::Bytes;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use weir::io::{DiskRef, RealDisk};
-use weir::storage::repair::write_repaired_copy;
+use weir::io::{DiskRef, FaultConfig, FaultyDisk, RealDisk};
+use weir::storage::repair::{repair_name, write_repaired_copy, write_repaired_copy_reserving};
 use weir::storage::{LogConfig, PartitionLog, StorageError};
 use weir::types::{split_batches, BatchBuilder, Event};
 
@@ -31,16 +31,7 @@ fn two_replicas(n: u64) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("p");
     let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
-    for i in 1..=n {
-        let mut b = BatchBuilder::new();
-        b.push(&Event {
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::from(vec![i as u8 | 1; 200])),
-            timestamp_ms: i as i64,
-            headers: vec![],
-        });
-        log.append(b.build(), 1 + i / 10, i, 0).unwrap();
-    }
+    append(&mut log, 1..=n, |i| 1 + i / 10);
     log.sync().unwrap();
     drop(log);
     let peer = tmp.path().join("peer");
@@ -50,6 +41,25 @@ fn two_replicas(n: u64) -> (tempfile::TempDir, PathBuf, PathBuf) {
         std::fs::copy(&p, peer.join(p.file_name().unwrap())).unwrap();
     }
     (tmp, dir, peer)
+}
+
+/// Appends entries `indexes` (one-record batches of 200-byte values, the
+/// same bytes for the same index but for the term).
+fn append(
+    log: &mut PartitionLog,
+    indexes: std::ops::RangeInclusive<u64>,
+    term: impl Fn(u64) -> u64,
+) {
+    for i in indexes {
+        let mut b = BatchBuilder::new();
+        b.push(&Event {
+            key: Some(Bytes::from(format!("key-{i}"))),
+            value: Some(Bytes::from(vec![i as u8 | 1; 200])),
+            timestamp_ms: i as i64,
+            headers: vec![],
+        });
+        log.append(b.build(), term(i), i, 0).unwrap();
+    }
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
@@ -198,6 +208,170 @@ fn a_repair_of_a_segment_changed_meanwhile_is_dropped() {
     assert!(log.damage().is_some());
 }
 
+/// A damaged log (a flipped byte in its second segment, found by the scrub),
+/// its repair plan and the healthy replica's replacement for the stretch.
+fn damaged_with_plan() -> (
+    tempfile::TempDir,
+    PathBuf,
+    PartitionLog,
+    weir::storage::repair::RepairPlan,
+    Bytes,
+) {
+    let (tmp, dir, peer_dir) = two_replicas(40);
+    let victim = segments(&dir)[1].clone();
+    flip_byte(&victim, 900);
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    scrub(&mut log).unwrap();
+    let plan = log.repair_plan().unwrap();
+    let peer = PartitionLog::open(disk(), &peer_dir, config(), 0).unwrap();
+    let good = peer
+        .read(plan.from_offset, 1 << 20, plan.to_offset)
+        .unwrap()
+        .bytes;
+    let replacement = plan.check(&good, 4096).unwrap();
+    (tmp, dir, log, plan, replacement)
+}
+
+#[test]
+fn a_copy_misread_outside_the_stretch_is_refused_and_removed() {
+    let (_tmp, dir, mut log, plan, replacement) = damaged_with_plan();
+    // Every read flips a bit: the rest of the segment is misread while it
+    // is copied, though the segment on disk is sound there.
+    let flipping: DiskRef = Arc::new(FaultyDisk::new(
+        disk(),
+        FaultConfig {
+            read_bit_flip: 1.0,
+            ..FaultConfig::none()
+        },
+        7,
+    ));
+    let err = write_repaired_copy(flipping.as_ref(), &dir, &plan, &replacement).unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    assert!(!dir.join(repair_name(plan.base_offset)).exists());
+    assert!(log.damage().is_some());
+    // A sound read repairs it.
+    let copy = write_repaired_copy(disk().as_ref(), &dir, &plan, &replacement).unwrap();
+    assert!(log.install_repair(&plan, &copy).unwrap());
+    assert!(scrub(&mut log).is_none());
+    drop(log);
+    assert!(all_crcs_hold(&dir));
+}
+
+#[test]
+fn damage_elsewhere_in_the_original_does_not_block_a_repair() {
+    let (_tmp, dir, mut log, plan, replacement) = damaged_with_plan();
+    // A second damaged batch in the same segment, past the stretch: the
+    // copy keeps it as it was (the next repair fixes it).
+    let victim = plan.path.clone();
+    flip_byte(&victim, plan.to_position + 100);
+    let copy = write_repaired_copy(disk().as_ref(), &dir, &plan, &replacement).unwrap();
+    assert!(log.install_repair(&plan, &copy).unwrap());
+    match scrub(&mut log) {
+        Some(StorageError::Corrupt { path, position, .. }) => {
+            assert_eq!(path, victim);
+            assert!(position >= plan.to_position);
+        }
+        other => panic!("expected the second damage, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_repair_leaves_the_disk_reserve_alone() {
+    let (_tmp, dir, log, plan, replacement) = damaged_with_plan();
+    // More reserve than any disk has free: the copy is not even started.
+    let err =
+        write_repaired_copy_reserving(disk().as_ref(), &dir, &plan, &replacement, Some(1 << 62))
+            .unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::StorageFull),
+        "{err}"
+    );
+    assert!(!dir.join(repair_name(plan.base_offset)).exists());
+    assert!(log.damage().is_some());
+    write_repaired_copy_reserving(disk().as_ref(), &dir, &plan, &replacement, Some(0)).unwrap();
+}
+
+#[test]
+fn an_open_removes_a_leftover_repaired_copy() {
+    let (_tmp, dir, _peer) = two_replicas(40);
+    let leftover = dir.join(repair_name(0));
+    std::fs::write(&leftover, b"half a copy").unwrap();
+    let log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    assert!(!leftover.exists());
+    assert_eq!(log.next_offset(), 40);
+}
+
+#[test]
+fn a_repair_planned_before_a_truncation_and_regrowth_is_dropped() {
+    let (_tmp, dir, mut log, plan, replacement) = damaged_with_plan();
+    // Raft cuts the log inside the damaged segment, and a new leader's
+    // entries (term 9) grow it back to the very same size and base.
+    log.truncate_suffix(plan.from_index).unwrap();
+    append(&mut log, plan.from_index..=40, |_| 9);
+    log.sync().unwrap();
+    assert_eq!(
+        std::fs::metadata(&plan.path).unwrap().len(),
+        plan.segment_bytes,
+        "the test needs a segment regrown to the planned size"
+    );
+    let before = std::fs::read(&plan.path).unwrap();
+    let copy = write_repaired_copy(disk().as_ref(), &dir, &plan, &replacement).unwrap();
+    // The old term's bytes must not replace the newer entries.
+    assert!(!log.install_repair(&plan, &copy).unwrap());
+    assert!(!copy.exists());
+    assert_eq!(std::fs::read(&plan.path).unwrap(), before);
+    assert_eq!(log.term(plan.from_index), Some(9));
+}
+
+#[test]
+fn a_truncation_below_the_damage_forgets_it() {
+    let (_tmp, _dir, mut log, plan, _) = damaged_with_plan();
+    let position = log.damage().unwrap().position;
+    assert!(plan.from_position <= position);
+    // A cut in a later segment keeps it.
+    log.truncate_suffix(40).unwrap();
+    assert!(log.damage().is_some());
+    // A cut below it takes the damaged batch, and the damage, with it.
+    log.truncate_suffix(plan.from_index).unwrap();
+    assert!(log.damage().is_none(), "{:?}", log.damage());
+}
+
+#[test]
+fn a_truncation_past_the_damage_keeps_the_log_usable() {
+    let (_tmp, dir, peer_dir) = two_replicas(40);
+    let victim = segments(&dir)[1].clone();
+    flip_byte(&victim, 900);
+    let mut log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    scrub(&mut log).unwrap();
+    let plan = log.repair_plan().unwrap();
+    // Raft cuts the damaged segment after the damaged batch: the cut
+    // succeeds, the damage stays known, and the log goes on.
+    let cut = plan.to_index;
+    assert!(log.term(cut).is_some());
+    log.truncate_suffix(cut).unwrap();
+    assert_eq!(log.damage().unwrap().path, victim);
+    append(&mut log, cut..=40, |_| 9);
+    log.sync().unwrap();
+    assert_eq!(log.next_offset(), 40);
+    // Sealed again, so the damaged stretch is repaired as before.
+    let plan = log
+        .repair_plan()
+        .expect("the damaged segment is sealed again");
+    let peer = PartitionLog::open(disk(), &peer_dir, config(), 0).unwrap();
+    let good = peer
+        .read(plan.from_offset, 1 << 20, plan.to_offset)
+        .unwrap()
+        .bytes;
+    let replacement = plan.check(&good, 4096).unwrap();
+    let copy = write_repaired_copy(disk().as_ref(), &dir, &plan, &replacement).unwrap();
+    assert!(log.install_repair(&plan, &copy).unwrap());
+    assert!(scrub(&mut log).is_none());
+    drop(log);
+    let log = PartitionLog::open(disk(), &dir, config(), 0).unwrap();
+    assert_eq!(log.next_offset(), 40);
+    assert!(log.damage().is_none());
+}
 #[test]
 fn damage_found_in_the_active_segment_is_sealed_and_repaired_from_a_peer() {
     let (_tmp, dir, peer_dir) = two_replicas(40);

@@ -726,8 +726,31 @@ impl PartitionLog {
                 seg.path.display()
             ))
         })?;
-        seg.truncate_to(&at, max, &mut self.terms)?;
+        let damaged = seg.truncate_to(&at, max, &mut self.terms)?;
+        // Damage cut off goes with its batch; a regrown segment carries
+        // the same name, so `damage()`'s path check alone would keep it.
+        let (path, size) = (seg.path.clone(), seg.size_bytes);
+        let cut_off = |d: &Damage| {
+            if d.path == path {
+                d.position >= size
+            } else {
+                !self.segments.iter().any(|s| s.path == d.path)
+            }
+        };
+        if self.damage.as_ref().is_some_and(cut_off) {
+            self.damage = None;
+        }
         self.unsynced = false;
+        if let Some(e) = damaged {
+            // The segment is active again with a damaged batch before the
+            // cut: sealed again (as an open does), so that the batch is
+            // repaired as in any sealed segment while appends go to a new one.
+            self.note_damage(&e);
+            self.forget_stale_sealing();
+            self.roll()?;
+            sync_dir(disk.as_ref(), &self.dir)?;
+            self.dir_synced_rolls = self.rolls;
+        }
         Ok(())
     }
 
@@ -840,6 +863,8 @@ impl PartitionLog {
         self.segments = vec![seg];
         self.start = start;
         self.terms.clear();
+        // Every batch went (the new segment may carry a damaged one's name).
+        self.damage = None;
         self.unsynced = false;
         Ok(())
     }
@@ -962,6 +987,11 @@ impl PartitionLog {
         let Some(i) = self.segments[..sealed]
             .iter()
             .position(|s| s.base_offset == plan.base_offset && s.size_bytes == plan.segment_bytes)
+            // A truncation and regrowth to the same size since the plan
+            // would hold newer entries there: old-term bytes must not
+            // overwrite them. The same term for each entry means the same
+            // entries (Raft's Log Matching).
+            .filter(|_| terms_within(&self.terms, plan.from_index, plan.to_index) == plan.terms)
         else {
             let _ = self.disk.remove_file(copy);
             return Ok(false);
@@ -1354,6 +1384,14 @@ fn list_segments(disk: &DiskRef, dir: &Path, start: LogStart) -> Result<Vec<i64>
         removed = true;
     }
     let kept = logs.split_off(first_kept);
+    // A repaired copy left by a repair that a crash or an error interrupted:
+    // never installed (an install renames it away), so it is only waste.
+    for name in names.iter().filter(|n| super::repair::is_repair_name(n)) {
+        let path = dir.join(name);
+        disk.remove_file(&path)
+            .map_err(io_err(|| format!("remove {}", path.display())))?;
+        removed = true;
+    }
     // `logs` now holds the removed segments, whose index files went with them.
     for (b, _) in names
         .iter()

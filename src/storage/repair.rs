@@ -142,35 +142,102 @@ impl RepairPlan {
 /// Bytes copied at a time while writing a repaired segment.
 const COPY_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// Free space a repair leaves beside its copy when the caller names no
+/// reserve: the broker's default reserve for the filesystem (see
+/// `partition::space::default_min_free_bytes`), so that a segment-sized copy
+/// never eats the room kept for controller entries and Raft hard states.
+fn default_reserve_bytes(total_bytes: u64) -> u64 {
+    crate::partition::space::default_min_free_bytes(total_bytes)
+}
+
 /// The temporary name of a segment's repaired copy (not a segment name, so
-/// an open ignores it; the next repair replaces it).
+/// an open ignores it, and removes it: see [`is_repair_name`]).
 pub fn repair_name(base_offset: i64) -> String {
     format!("{base_offset:020}.repair")
+}
+
+/// Whether `name` is a repaired copy's (a leftover of a repair that a
+/// crash or an error interrupted).
+pub fn is_repair_name(name: &str) -> bool {
+    name.split_once('.').is_some_and(|(stem, ext)| {
+        ext == "repair" && stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 /// Writes a copy of the planned segment with `replacement` at the damaged
 /// stretch, synced, beside it; returns its path. The segment is sealed (never
 /// written again), so this runs without the log's lock; the caller installs
 /// the copy with `PartitionLog::install_repair`, which checks the segment is
-/// unchanged.
+/// unchanged. Leaves the filesystem's default reserve free (see
+/// [`write_repaired_copy_reserving`]).
 pub fn write_repaired_copy(
     disk: &dyn Disk,
     dir: &Path,
     plan: &RepairPlan,
     replacement: &[u8],
 ) -> Result<PathBuf> {
+    write_repaired_copy_reserving(disk, dir, plan, replacement, None)
+}
+
+/// [`write_repaired_copy`], refused unless the filesystem keeps
+/// `min_free_bytes` (None: the default reserve for its size) free beside
+/// the copy. The whole copy is then read back and checked (every batch's
+/// CRC, offsets following on) before it is offered for install: the rest of
+/// the segment is copied, not fetched, and a bad read of it (a flipped bit)
+/// must not become permanent damage. A batch outside the repaired stretch
+/// that fails its CRC is let through only if the original holds exactly the
+/// same bytes (damage it already had, which the scrub finds again and the
+/// next repair fixes). On any error the copy is removed.
+pub fn write_repaired_copy_reserving(
+    disk: &dyn Disk,
+    dir: &Path,
+    plan: &RepairPlan,
+    replacement: &[u8],
+    min_free_bytes: Option<u64>,
+) -> Result<PathBuf> {
     if replacement.len() as u64 != plan.to_position - plan.from_position {
         return Err(StorageError::Invalid(
             "a repair must replace the damaged stretch byte for byte".into(),
         ));
     }
-    let source = dir.join(log_name(plan.base_offset));
+    // A disk that cannot say how full it is says so through the write.
+    if let Ok(space) = disk.space(dir) {
+        let reserve = min_free_bytes.unwrap_or_else(|| default_reserve_bytes(space.total_bytes));
+        if space.free_bytes < plan.segment_bytes.saturating_add(reserve) {
+            return Err(StorageError::Io {
+                context: format!(
+                    "repair of {}: a copy of {} bytes would leave less than the {reserve} bytes \
+                     reserved free ({} free); the repair waits for space",
+                    plan.path.display(),
+                    plan.segment_bytes,
+                    space.free_bytes
+                ),
+                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+            });
+        }
+    }
     let tmp = dir.join(repair_name(plan.base_offset));
+    let result = write_and_check(disk, dir, &tmp, plan, replacement);
+    if result.is_err() && disk.exists(&tmp) {
+        // Best effort: an open removes whatever is left.
+        let _ = disk.remove_file(&tmp);
+    }
+    result.map(|()| tmp)
+}
+
+fn write_and_check(
+    disk: &dyn Disk,
+    dir: &Path,
+    tmp: &Path,
+    plan: &RepairPlan,
+    replacement: &[u8],
+) -> Result<()> {
+    let source = dir.join(log_name(plan.base_offset));
     let old = disk
         .open(&source, OpenMode::Existing)
         .map_err(io_err(|| format!("open {}", source.display())))?;
     let mut new = disk
-        .open(&tmp, OpenMode::CreateTruncate)
+        .open(tmp, OpenMode::CreateTruncate)
         .map_err(io_err(|| format!("create {}", tmp.display())))?;
     let mut buf = vec![0u8; COPY_CHUNK_BYTES];
     let mut copy = |from: u64, to: u64, new: &mut Box<dyn crate::io::DiskFile>| -> Result<()> {
@@ -191,5 +258,77 @@ pub fn write_repaired_copy(
     copy(plan.to_position, plan.segment_bytes, &mut new)?;
     new.sync()
         .map_err(io_err(|| format!("fsync {}", tmp.display())))?;
-    Ok(tmp)
+    drop(new);
+    let written = disk
+        .open(tmp, OpenMode::Existing)
+        .map_err(io_err(|| format!("open {}", tmp.display())))?;
+    check_copy(written.as_ref(), old.as_ref(), tmp, plan)
+}
+
+/// Reads the whole copy back: its length, every batch's CRC-32C, offsets
+/// following on from the segment's base. A batch is at most the segment's
+/// size, and its claimed size is checked against what is left of the file
+/// before it is read.
+fn check_copy(
+    copy: &dyn crate::io::DiskFile,
+    original: &dyn crate::io::DiskFile,
+    tmp: &Path,
+    plan: &RepairPlan,
+) -> Result<()> {
+    let bad = |position: u64, reason: String| StorageError::Corrupt {
+        path: tmp.to_path_buf(),
+        position,
+        reason: format!("the repaired copy does not check: {reason}"),
+    };
+    let read_err = |source: std::io::Error| StorageError::Io {
+        context: format!("read {}", tmp.display()),
+        source,
+    };
+    let len = copy.len().map_err(read_err)?;
+    if len != plan.segment_bytes {
+        return Err(bad(
+            len,
+            format!("{len} bytes, expected {}", plan.segment_bytes),
+        ));
+    }
+    let max_batch_bytes = usize::try_from(plan.segment_bytes).unwrap_or(usize::MAX);
+    let (mut at, mut offset) = (0u64, plan.base_offset);
+    let mut head = [0u8; HEADER_SIZE];
+    let mut batch = Vec::new();
+    // Bounded by the batches in the copy (each at least a header long).
+    while at < len {
+        if len - at < HEADER_SIZE as u64 {
+            return Err(bad(at, "a partial batch header at the end".into()));
+        }
+        read_exact_at(copy, &mut head, at).map_err(read_err)?;
+        let h = BatchHeader::parse(&head, max_batch_bytes).map_err(|e| bad(at, e.to_string()))?;
+        let size = h.size_bytes() as u64;
+        if size > len - at {
+            return Err(bad(at, "a batch runs past the end".into()));
+        }
+        if h.base_offset != offset {
+            return Err(bad(
+                at,
+                format!("a batch at offset {}, expected {offset}", h.base_offset),
+            ));
+        }
+        batch.resize(size as usize, 0);
+        read_exact_at(copy, &mut batch, at).map_err(read_err)?;
+        if crc32c::crc32c(&batch[21..]) != h.crc {
+            let outside = at + size <= plan.from_position || at >= plan.to_position;
+            if !outside || !same_damage_in_original(original, &batch, at) {
+                return Err(bad(at, "a batch fails its CRC-32C".into()));
+            }
+        }
+        at += size;
+        offset = h.next_offset();
+    }
+    Ok(())
+}
+
+/// Whether the original segment holds exactly `batch` at `at` (so a batch
+/// failing its CRC in the copy was already damaged there, not misread).
+fn same_damage_in_original(original: &dyn crate::io::DiskFile, batch: &[u8], at: u64) -> bool {
+    let mut again = vec![0u8; batch.len()];
+    read_exact_at(original, &mut again, at).is_ok() && again == batch
 }

@@ -623,21 +623,21 @@ impl Segment {
         at: &Located,
         max_batch_bytes: usize,
         terms: &mut Vec<TermRun>,
-    ) -> Result<()> {
+    ) -> Result<Option<StorageError>> {
         self.file
             .truncate(at.position)
             .and_then(|()| self.file.sync())
             .map_err(io_err(|| format!("truncate {}", self.path.display())))?;
         // Rare (a Raft conflict): rescan for an exact summary. A batch
-        // before the cut whose CRC fails (its header sound) is rot the log
-        // already knows or the next read or scrub finds, and repairs from a
-        // healthy replica: taken in, not fatal. Fatal, it fail-stopped a
-        // replica whose rotted segment held a conflicting uncommitted tail.
+        // before the cut that fails only its CRC (known damage, or found
+        // now) is stepped over and returned, as an open does: the cut is
+        // not the damaged batch's business.
         let mut scratch = Vec::new();
-        self.rebuild_tolerant(at.position, max_batch_bytes, &mut scratch)
+        let damage = self
+            .rebuild_tolerant(at.position, max_batch_bytes, &mut scratch)
             .map_err(|(p, r)| self.corrupt(p, r))?;
         terms.retain(|t| t.first_index < at.index);
-        Ok(())
+        Ok(damage.map(|(p, r)| self.corrupt(p, r)))
     }
 
     /// Opens the segment's file again (after a repaired copy was renamed

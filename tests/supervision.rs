@@ -224,7 +224,8 @@ async fn a_broker_whose_task_panics_stops_with_an_error() {
 /// claiming member 2 passes the connection's first-frame check and reaches
 /// the driver, whose check must drop it: the process stays up, says why it
 /// dropped the message, and still answers clients. Without that check
-/// raft-rs panics and the process exits (supervision), failing this test.
+/// raft-rs panics on it (the controller replica fail-stops, logged as
+/// step_panicked) and this test fails (checked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_peer_frame_never_leaves_a_zombie() {
     use std::io::BufRead;

@@ -182,3 +182,35 @@ async fn a_body_that_never_arrives_is_answered_and_closed_after_the_timeout() {
     assert_eq!(n, 0);
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
+
+/// Two clients announce 16 MiB frames: the first sends 12 MiB of its
+/// frame and stops, the second 6 MiB and stops. Before, the first held 12
+/// MiB of the 16 MiB budget, the second the other 4 MiB and the overdraft,
+/// and every other client waited for `request_read_timeout_ms` (10 s).
+/// Now one request takes at most a quarter of the budget before it needs
+/// the overdraft: the two hold 8 MiB and the overdraft, and the other half
+/// serves everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_stopping_midway_through_large_frames_stall_no_one() {
+    let cluster = Cluster::start(1).await;
+    wait_for_cluster(&cluster).await;
+    create_led(&cluster, "midway", 2, 1).await;
+    let mut stalled = Vec::new();
+    for sent_mib in [12usize, 6] {
+        let mut s = TcpStream::connect(cluster.client_addr(1)).await.unwrap();
+        stalled.push(tokio::spawn(async move {
+            let mut data = (16u32 << 20).to_be_bytes().to_vec();
+            data.resize(4 + (sent_mib << 20), 0);
+            // The broker may stop reading (the second, now): then this
+            // waits until aborted.
+            let _ = s.write_all(&data).await;
+            std::future::pending::<()>().await;
+        }));
+        // The first takes its bytes before the second starts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    others_produce_and_fetch(&cluster, "midway", 5).await;
+    for t in stalled {
+        t.abort();
+    }
+}

@@ -439,7 +439,11 @@ impl Default for PeerLimits {
 pub const FIRST_FRAME_BYTES_MAX: usize = 64 * 1024;
 /// Connections open at once that claim to be the same broker: its one
 /// link, and a few older ones its restarts left behind until they time
-/// out. Others wait their turn (the link retries).
+/// out. A newer one closes the oldest: refusing the newcomer instead would
+/// let a few connections that merely claim a member's id (the first frame
+/// is not authenticated) lock the member's real link out for as long as
+/// they keep talking, while closing the oldest lets the real link, which
+/// reconnects, always get back in.
 pub const CONNECTIONS_PER_PEER_MAX: usize = 4;
 
 /// The frame a link writes first on every connection: who it is.
@@ -475,7 +479,7 @@ pub async fn serve_peers(
 ) {
     let config = Arc::new(config);
     let open = Arc::new(tokio::sync::Semaphore::new(config.limits.connections_max));
-    let per_peer: Arc<Mutex<BTreeMap<u64, usize>>> = Arc::default();
+    let per_peer: Arc<Mutex<PeerSlots>> = Arc::default();
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(conn) => conn,
@@ -512,35 +516,56 @@ pub async fn serve_peers(
     }
 }
 
+/// The connections open per claimed broker, oldest first, each with what
+/// closes it.
+#[derive(Default)]
+struct PeerSlots {
+    next_seq: u64,
+    open: BTreeMap<u64, std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>>,
+}
+
 /// A connection's claim on one of its broker's connection slots, given
-/// back when the connection ends.
+/// back when the connection ends; `closed` is notified when a newer
+/// connection claiming the same broker takes the slot.
 struct PeerSlot {
     peer: u64,
-    slots: Arc<Mutex<BTreeMap<u64, usize>>>,
+    seq: u64,
+    closed: Arc<tokio::sync::Notify>,
+    slots: Arc<Mutex<PeerSlots>>,
 }
 
 impl PeerSlot {
-    fn take(slots: &Arc<Mutex<BTreeMap<u64, usize>>>, peer: u64) -> Option<PeerSlot> {
+    /// A slot for a connection claiming `peer`, closing the oldest of its
+    /// connections if it has [`CONNECTIONS_PER_PEER_MAX`] already.
+    fn take(slots: &Arc<Mutex<PeerSlots>>, peer: u64) -> PeerSlot {
         let mut map = slots.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(peer).or_insert(0);
-        if *n >= CONNECTIONS_PER_PEER_MAX {
-            return None;
+        let seq = map.next_seq;
+        map.next_seq += 1;
+        let closed = Arc::new(tokio::sync::Notify::new());
+        let open = map.open.entry(peer).or_default();
+        while open.len() >= CONNECTIONS_PER_PEER_MAX {
+            if let Some((_, oldest)) = open.pop_front() {
+                // Stored if its reader is not waiting right now.
+                oldest.notify_one();
+            }
         }
-        *n += 1;
-        Some(PeerSlot {
+        open.push_back((seq, closed.clone()));
+        PeerSlot {
             peer,
+            seq,
+            closed,
             slots: slots.clone(),
-        })
+        }
     }
 }
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
         let mut map = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.peer);
+        if let Some(open) = map.open.get_mut(&self.peer) {
+            open.retain(|(seq, _)| *seq != self.seq);
+            if open.is_empty() {
+                map.open.remove(&self.peer);
             }
         }
     }
@@ -553,7 +578,7 @@ struct PeerReader {
     proposals: ProposeSink,
     view: PeerView,
     config: Arc<PeerListener>,
-    per_peer: Arc<Mutex<BTreeMap<u64, usize>>>,
+    per_peer: Arc<Mutex<PeerSlots>>,
     logger: Logger,
 }
 
@@ -566,7 +591,25 @@ impl PeerReader {
         let drops = &self.config.drops;
         let mut identity: Option<PeerSlot> = None;
         loop {
-            let bytes = match tokio::time::timeout(timeout, reader.read_frame()).await {
+            let closed = identity.as_ref().map(|slot| slot.closed.clone());
+            let read = tokio::select! {
+                biased;
+                // A newer connection claiming the same broker took this
+                // one's slot (reading a frame is abandoned midway: the
+                // connection is closing).
+                _ = async { closed.as_ref().unwrap().notified().await }, if closed.is_some() => {
+                    let peer = identity.as_ref().map_or(0, |slot| slot.peer);
+                    drops.note(Invalid::ConnectionLimit, &self.logger, &|| {
+                        format!(
+                            "closing peer connection: a newer connection claims broker \
+                             {peer}, which already had {CONNECTIONS_PER_PEER_MAX} open"
+                        )
+                    });
+                    return;
+                }
+                read = tokio::time::timeout(timeout, reader.read_frame()) => read,
+            };
+            let bytes = match read {
                 Ok(Ok(Some(bytes))) => bytes,
                 Ok(Ok(None)) => return,
                 Ok(Err(e)) => {
@@ -616,16 +659,7 @@ impl PeerReader {
                         });
                         return;
                     }
-                    let Some(slot) = PeerSlot::take(&self.per_peer, from) else {
-                        drops.note(Invalid::ConnectionLimit, &self.logger, &|| {
-                            format!(
-                                "closing peer connection: broker {from} already has \
-                                 {CONNECTIONS_PER_PEER_MAX} open"
-                            )
-                        });
-                        return;
-                    };
-                    identity = Some(slot);
+                    identity = Some(PeerSlot::take(&self.per_peer, from));
                     reader.set_max_bytes(frame::FRAME_BYTES_MAX);
                 }
             }
@@ -877,20 +911,35 @@ mod tests {
             connections_max: 5,
             read_timeout_ms: 1_500,
         };
-        let (addr, _inputs, drops, task) = listener(limits).await;
+        let (addr, mut inputs, drops, task) = listener(limits).await;
         let soon = Duration::from_millis(500);
         // Five connections say they are broker 2: the fifth is one too many
-        // for one broker.
+        // for one broker, and closes the oldest. Before, the fifth was
+        // refused, so four connections merely claiming broker 2 locked its
+        // real link out.
         let mut named = Vec::new();
         for _ in 0..5 {
             let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
             s.write_all(&hello(2, 1).unwrap()).await.unwrap();
             named.push(s);
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(
-            closed_within(&mut named[4], soon).await,
-            "a fifth connection of broker 2"
+            closed_within(&mut named[0], soon).await,
+            "the oldest connection of broker 2 stays open"
         );
+        for s in &mut named[1..] {
+            assert!(
+                !closed_within(s, Duration::from_millis(50)).await,
+                "a newer connection of broker 2 was closed"
+            );
+        }
+        // The newest is served: its messages reach the driver.
+        named[4].write_all(&raft_frame_from(2, 5)).await.unwrap();
+        match tokio::time::timeout(soon, inputs.recv()).await {
+            Ok(Some(Input::Raft { from, .. })) => assert_eq!(from, 2),
+            _ => panic!("the newest connection of broker 2 is not served"),
+        }
         // Five open at most: one more (silent) fits, the next does not.
         let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;

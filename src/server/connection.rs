@@ -5,14 +5,16 @@
 //! stream can no longer be trusted to be in step.
 //!
 //! A request's body takes its bytes from the broker-wide [`RequestBudget`]
-//! as they arrive and holds them until the response is queued: when every
+//! as they arrive and holds them until its handler is done: when every
 //! connection together has that many bytes of requests in progress,
 //! readers stop reading and TCP pushes back on the clients, however many
 //! connect. A client that announces a large request and sends it slowly or
 //! not at all holds only what it sent, and only for
 //! `request_read_timeout_ms`: then it is answered INVALID_REQUEST and the
-//! connection is closed. A connection with nothing in progress is closed
-//! after `connection_idle_timeout_ms`.
+//! connection is closed. A client that stops reading its responses is
+//! closed once a response has waited that long to be written. A
+//! connection with nothing in progress is closed after
+//! `connection_idle_timeout_ms`.
 
 use super::handlers::{self, Services};
 use super::{BudgetHold, RequestBudget, ServerLimits};
@@ -62,10 +64,26 @@ pub(crate) async fn serve_with<S, H, F>(
 {
     let (read_half, mut write_half) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<ClientResponse>(limits.in_flight_per_connection_max);
+    // A client that stops taking its responses would otherwise keep this
+    // connection, its in-flight slots and its queued responses forever:
+    // each response must be taken within the time a request's body may
+    // take to arrive (the client gave up on it by then anyway). Ending the
+    // writer drops the queue, which the reader sees and closes.
+    let write_timeout = Duration::from_millis(limits.request_read_timeout_ms);
+    let (writer_logger, writer_addr) = (logger.clone(), addr.clone());
     let writer = async move {
         while let Some(resp) = rx.recv().await {
-            if frame::write_message(&mut write_half, &resp).await.is_err() {
-                return;
+            let written =
+                tokio::time::timeout(write_timeout, frame::write_message(&mut write_half, &resp))
+                    .await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    slog::warn!(writer_logger, "closing client connection: it does not read its responses";
+                        "remote" => &writer_addr, "timeout_ms" => write_timeout.as_millis() as u64);
+                    return;
+                }
             }
         }
     };
@@ -111,6 +129,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             let header = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,
+                // The writer gave up on the client: nothing read now
+                // could be answered.
+                _ = tx.closed() => break,
                 header = tokio::time::timeout(idle, self.frames.next_frame_len()) => header,
             };
             let len = match header {
@@ -133,6 +154,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             let read = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = tx.closed() => break,
                 read = self.read_body(body) => read,
             };
             let (frame, memory) = match read {
@@ -173,8 +195,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             let (response, tx) = (handle(req), tx.clone());
             handlers.spawn(async move {
                 let resp = response.await;
+                // The request is done with: its bytes go back to the
+                // budget now, not once the client takes the response (a
+                // client that does not read must not hold what others
+                // need; the response queue is bounded by the slots).
+                drop(memory);
                 let _ = tx.send(resp).await;
-                drop((slot, memory));
+                drop(slot);
             });
         }
         // Finish what was started before closing: in-flight produces get
@@ -247,7 +274,7 @@ mod tests {
 
     /// Each request's batch; with the request's own fields, a frame is a
     /// little over this.
-    const BATCH_BYTES: usize = 256 * 1024;
+    const BATCH_BYTES: usize = 200 * 1024;
     const REQUESTS: u64 = 10;
 
     fn request(correlation_id: u64) -> ClientRequest {
@@ -330,12 +357,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_wait_for_the_budget_and_the_client_is_pushed_back() {
-        // 1 MiB holds three requests of a little over 256 KiB; the fourth
-        // takes the rest and overdraws for what is missing; the fifth waits
-        // for memory with its body (beyond one read) unread, so the client,
-        // with five more to send than a 64 KiB pipe holds, cannot finish
-        // sending.
-        assert_eq!(started_while_held(1024 * 1024).await, (4, false));
+        // 1 MiB holds five requests of a little over 200 KiB (each within
+        // its share, a quarter of the budget); the sixth takes the rest and
+        // overdraws for what is missing; the seventh waits for memory with
+        // its body (beyond one read) unread, so the client, with four more
+        // to send than a 64 KiB pipe holds, cannot finish sending.
+        assert_eq!(started_while_held(1024 * 1024).await, (6, false));
         // With room for all of them, all ten start while none is answered:
         // the limit above is the budget's, not the connection's.
         assert_eq!(started_while_held(64 * 1024 * 1024).await, (10, true));
@@ -386,8 +413,72 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_larger_than_the_whole_budget_still_runs_alone() {
-        // 100 KiB of budget, requests of 256 KiB: each takes all of it, so
-        // they run one at a time rather than never.
+        // 100 KiB of budget, requests of 200 KiB: each takes its share and
+        // the overdraft, so they run one at a time rather than never.
         assert_eq!(started_while_held(100 * 1024).await, (1, false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_does_not_read_its_responses_holds_no_budget_and_is_closed() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let budget_bytes = 1024 * 1024;
+        let budget = RequestBudget::new(budget_bytes);
+        let (_stop, stopped) = watch::channel(false);
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let limits = ServerLimits {
+            request_read_timeout_ms: 5_000,
+            ..ServerLimits::default()
+        };
+        // Answers of 64 KiB: the first fills the pipe the client never
+        // reads, the next 64 fill the queue.
+        let handle = |req: ClientRequest| async move {
+            ClientResponse {
+                correlation_id: req.correlation_id,
+                error: Some(Error {
+                    code: ErrorCode::InvalidRequest as i32,
+                    message: "x".repeat(64 * 1024),
+                    leader_id: 0,
+                }),
+                body: None,
+            }
+        };
+        let served = tokio::spawn(serve_with(
+            server,
+            "test".into(),
+            logger,
+            limits,
+            budget.clone(),
+            stopped,
+            handle,
+        ));
+        let (_unread, mut write_half) = tokio::io::split(client);
+        let sender = tokio::spawn(async move {
+            for id in 0..1000 {
+                if frame::write_message(&mut write_half, &request(id))
+                    .await
+                    .is_err()
+                {
+                    return id;
+                }
+            }
+            1000
+        });
+        // Every request read was handled; before, the 64 whose answers
+        // did not fit the queue held their bytes (the whole budget) until
+        // the client read. Now at most the request read while waiting for
+        // an in-flight slot holds any.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert!(
+            budget.available_bytes() >= budget_bytes - budget.share_bytes_max(),
+            "{} of {budget_bytes} bytes free",
+            budget.available_bytes()
+        );
+        assert!(!served.is_finished());
+        // An answer not taken within request_read_timeout_ms closes the
+        // connection; before, it stayed open for good.
+        tokio::time::sleep(Duration::from_millis(5_000)).await;
+        assert!(served.is_finished(), "the connection stays open");
+        assert_eq!(budget.available_bytes(), budget_bytes);
+        assert!(sender.await.unwrap() < 1000);
     }
 }

@@ -29,15 +29,17 @@ pub struct ServerLimits {
     /// Bytes of client requests in progress at once, all connections
     /// together (Kafka's `queued.max.request.bytes`; Redpanda bounds the
     /// same with a memory semaphore). A request counts its bytes as they
-    /// arrive (not as its header announces them) until its response is
-    /// queued; at the limit, connections stop reading and TCP pushes back
+    /// arrive (not as its header announces them) until its handler is
+    /// done; at the limit, connections stop reading and TCP pushes back
     /// on the clients. See [`RequestBudget`].
     pub request_bytes_in_flight_max: usize,
     /// Once a request's header is in, its body must arrive within this
     /// (time spent waiting for the budget does not count), or the
     /// connection is answered INVALID_REQUEST and closed: a client that
     /// announces a request and then sends it slowly, or never, holds its
-    /// connection slot and the bytes it sent for this long at most.
+    /// connection slot and the bytes it sent for this long at most. A
+    /// response the client does not take within this closes the
+    /// connection too.
     pub request_read_timeout_ms: u64,
     /// A connection with no request in progress and none arriving for this
     /// long is closed (Kafka's `connections.max.idle.ms`, same default).
@@ -98,14 +100,23 @@ pub const CONNECTION_IDLE_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> =
 /// holds nothing, and one that trickles holds what it sent. Taking a little at a time could deadlock (every
 /// request half-read, each waiting for bytes the others hold), so when the
 /// budget is short one request at a time may overdraw it: it reads the rest
-/// of its body regardless, and holds the overdraft until its response is
-/// queued. Memory is then bounded by the budget plus one frame, and some
+/// of its body regardless, and holds the overdraft until its handler is
+/// done. Memory is then bounded by the budget plus one frame, and some
 /// request always completes.
+///
+/// One request takes at most a quarter of the budget proper
+/// ([`RequestBudget::share_bytes_max`]); beyond that it needs the
+/// overdraft. Otherwise two slow clients could stall everyone until
+/// `request_read_timeout_ms`: one sending most of the budget's worth and
+/// stopping, the other taking the rest and the overdraft. Now a client
+/// that stops midway holds at most a quarter, and one holding the
+/// overdraft delays only requests larger than a quarter (or a budget
+/// already exhausted by four such clients).
 #[derive(Clone, Debug)]
 pub struct RequestBudget {
     bytes: Arc<Semaphore>,
     overdraft: Arc<Semaphore>,
-    bytes_max: usize,
+    share_bytes_max: usize,
 }
 
 /// What a request holds of the [`RequestBudget`]: released when dropped.
@@ -133,8 +144,14 @@ impl RequestBudget {
         RequestBudget {
             bytes: Arc::new(Semaphore::new(bytes_max)),
             overdraft: Arc::new(Semaphore::new(1)),
-            bytes_max,
+            share_bytes_max: (bytes_max / 4).max(1),
         }
+    }
+
+    /// The most one request takes from the budget proper; beyond it, a
+    /// request needs the overdraft.
+    pub fn share_bytes_max(&self) -> usize {
+        self.share_bytes_max
     }
 
     /// Makes `hold` cover `total_bytes` of one request, waiting until the
@@ -147,29 +164,32 @@ impl RequestBudget {
         if hold.overdraft.is_some() {
             return true;
         }
-        let missing = total_bytes.saturating_sub(hold.bytes());
-        if missing == 0 {
+        if total_bytes <= hold.bytes() {
             return true;
         }
-        // Permits are u32; a request never needs more than the whole
-        // budget before it may overdraw.
-        let n = u32::try_from(missing.min(self.bytes_max)).unwrap_or(u32::MAX);
-        let taken = tokio::select! {
-            biased;
-            bytes = self.bytes.clone().acquire_many_owned(n) => bytes.map(Ok),
-            overdraft = self.overdraft.clone().acquire_owned() => overdraft.map(Err),
-        };
-        match taken {
-            Ok(Ok(bytes)) => match &mut hold.bytes {
-                Some(held) => held.merge(bytes),
-                None => hold.bytes = Some(bytes),
-            },
-            Ok(Err(overdraft)) => hold.overdraft = Some(overdraft),
-            Err(_) => return false,
+        // From the budget proper, at most the request's share.
+        let missing = total_bytes
+            .min(self.share_bytes_max)
+            .saturating_sub(hold.bytes());
+        if missing > 0 {
+            // Permits are u32; the share is at most the whole budget.
+            let n = u32::try_from(missing).unwrap_or(u32::MAX);
+            let taken = tokio::select! {
+                biased;
+                bytes = self.bytes.clone().acquire_many_owned(n) => bytes.map(Ok),
+                overdraft = self.overdraft.clone().acquire_owned() => overdraft.map(Err),
+            };
+            match taken {
+                Ok(Ok(bytes)) => match &mut hold.bytes {
+                    Some(held) => held.merge(bytes),
+                    None => hold.bytes = Some(bytes),
+                },
+                Ok(Err(overdraft)) => hold.overdraft = Some(overdraft),
+                Err(_) => return false,
+            }
         }
-        // Fewer permits than missing only when the request is larger than
-        // the whole budget: it holds all of it and still needs the
-        // overdraft.
+        // Short only when the request is larger than its share: it holds
+        // all of its share and still needs the overdraft.
         if hold.bytes() < total_bytes && hold.overdraft.is_none() {
             match self.overdraft.clone().acquire_owned().await {
                 Ok(o) => hold.overdraft = Some(o),

@@ -445,6 +445,13 @@ struct Group {
     hw_at: Option<(u64, i64)>,
     /// The log's damage was reported (logged) since it was last clean.
     damage_reported: bool,
+    /// Preferred-leader transfers started while leading: (term, how many
+    /// in that term, tick of the last). One in the current term that left
+    /// this replica leading did not happen; a new term starts afresh.
+    preferred_tries: Option<(u64, u32, u64)>,
+    /// The voter a damaged leader last tried to hand leadership to, and in
+    /// which term: the next try goes to the next candidate.
+    step_down_tried: Option<(u64, u64)>,
 }
 
 /// The driver task's state. Build with [`Driver::new`], run with
@@ -642,6 +649,14 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// multiple of that (it was 50), a leader elected on the wrong tick saw the
 /// preferred replica inactive at every check and never handed back.
 const PREFERRED_LEADER_CHECK_TICKS: u64 = 53;
+/// A preferred-leader transfer that did not happen (the leader still leads
+/// in the same term at a later check) is retried after twice as many
+/// checks each time, up to this power of two (64 checks: about 5.6 minutes
+/// at 100 ms ticks). raft-rs takes no proposals while a transfer is under
+/// way, so a preferred replica that refuses leadership (a damaged one drops
+/// `MsgTimeoutNow`) would otherwise stop writes for an election timeout at
+/// every check.
+const PREFERRED_LEADER_BACKOFF_SHIFT_MAX: u32 = 6;
 /// Ticks between lazy persists of the commit index.
 const COMMIT_FLUSH_TICKS: u64 = 20;
 
@@ -845,6 +860,8 @@ impl Driver {
             quiescent: false,
             hw_at: None,
             damage_reported: false,
+            preferred_tries: None,
+            step_down_tried: None,
         };
         self.groups.insert(spec.id, group);
         self.observe(spec.id);
@@ -934,7 +951,7 @@ impl Driver {
                 });
                 continue;
             }
-            if msg.get_msg_type() == MessageType::MsgTimeoutNow && g.log.damage().is_some() {
+            if msg.get_msg_type() == MessageType::MsgTimeoutNow && g.log.is_damaged() {
                 // A leader handing over (the preferred-leader rule, say)
                 // must not make a damaged replica leader: it would serve
                 // errors for the damaged range. The transfer times out.
@@ -991,6 +1008,9 @@ impl Driver {
             if g.failed.is_some() {
                 continue;
             }
+            // Lock-free while the log is clean (`RaftLog::is_damaged`):
+            // a fetch's disk read holding one log's lock must not stall the
+            // ticks of every group.
             let damage = g.log.damage();
             if damage.is_none() && g.damage_reported {
                 g.damage_reported = false;
@@ -1068,8 +1088,13 @@ impl Driver {
 
     /// Leaders hand leadership back to the preferred replica once it has
     /// caught up, so that leaders stay spread as placement intended.
+    /// A transfer that did not happen is retried with exponential backoff
+    /// (see [`PREFERRED_LEADER_BACKOFF_SHIFT_MAX`]).
     fn restore_preferred_leaders(&mut self) {
         for (id, g) in self.groups.iter_mut() {
+            if g.failed.is_some() {
+                continue;
+            }
             let raft = &g.node.raft;
             if raft.state != StateRole::Leader || g.preferred_leader == self.config.node_id {
                 continue;
@@ -1079,7 +1104,13 @@ impl Driver {
                 .prs()
                 .get(g.preferred_leader)
                 .is_some_and(|p| p.matched == last && p.recent_active);
-            if caught_up {
+            let term = raft.term;
+            if caught_up && preferred_transfer_due(g.preferred_tries, term, self.ticks) {
+                let tries = match g.preferred_tries {
+                    Some((t, n, _)) if t == term => n.saturating_add(1),
+                    _ => 1,
+                };
+                g.preferred_tries = Some((term, tries, self.ticks));
                 g.node.transfer_leader(g.preferred_leader);
                 self.touched.insert(*id);
             }
@@ -1560,9 +1591,32 @@ fn status_of(g: &mut Group) -> GroupStatus {
     }
 }
 
-/// Hands a damaged leader's leadership to the first (lowest id) voter that
-/// is caught up and active; with none, it keeps leading (a lone replica:
-/// reads of the damaged range fail with a retriable error meanwhile).
+/// Whether a leader in `term` at tick `now_ticks` may start a
+/// preferred-leader transfer, given the ones it started (`tries`, see
+/// `Group::preferred_tries`): at once in a new term; after `n` that did not
+/// happen in this term, `2^n` checks after the last.
+fn preferred_transfer_due(tries: Option<(u64, u32, u64)>, term: u64, now_ticks: u64) -> bool {
+    match tries {
+        Some((t, n, at)) if t == term => {
+            let shift = n.min(PREFERRED_LEADER_BACKOFF_SHIFT_MAX);
+            now_ticks >= at.saturating_add(PREFERRED_LEADER_CHECK_TICKS << shift)
+        }
+        _ => true,
+    }
+}
+
+/// The candidate after `last` in `sorted` (ids in increasing order),
+/// wrapping around; the first without `last`.
+fn next_candidate(sorted: &[u64], last: Option<u64>) -> Option<u64> {
+    let after = last.and_then(|l| sorted.iter().find(|id| **id > l));
+    after.or(sorted.first()).copied()
+}
+
+/// Hands a damaged leader's leadership to a voter that is caught up and
+/// active: the lowest id first, then, each time a transfer did not happen
+/// (that voter is damaged too, say, and dropped it), the next one in turn.
+/// With none, it keeps leading (a lone replica: reads of the damaged range
+/// fail with a retriable error meanwhile).
 fn step_down_damaged(g: &mut Group, self_id: u64) {
     let raft = &g.node.raft;
     if raft.lead_transferee.is_some() {
@@ -1579,7 +1633,15 @@ fn step_down_damaged(g: &mut Group, self_id: u64) {
         .map(|(id, _)| *id)
         .collect();
     healthy.sort_unstable();
-    if let Some(&to) = healthy.first() {
+    let term = raft.term;
+    // Still leading in the term of the last try, with no transfer under
+    // way: that one timed out.
+    let last_try = match g.step_down_tried {
+        Some((t, to)) if t == term => Some(to),
+        _ => None,
+    };
+    if let Some(to) = next_candidate(&healthy, last_try) {
+        g.step_down_tried = Some((term, to));
         g.node.transfer_leader(to);
     }
 }

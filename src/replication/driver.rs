@@ -445,10 +445,6 @@ struct Group {
     hw_at: Option<(u64, i64)>,
     /// The log's damage was reported (logged) since it was last clean.
     damage_reported: bool,
-    /// Preferred-leader transfers started while leading: (term, how many
-    /// in that term, tick of the last). One in the current term that left
-    /// this replica leading did not happen; a new term starts afresh.
-    preferred_tries: Option<(u64, u32, u64)>,
     /// The voter a damaged leader last tried to hand leadership to, and in
     /// which term: the next try goes to the next candidate.
     step_down_tried: Option<(u64, u64)>,
@@ -649,14 +645,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// multiple of that (it was 50), a leader elected on the wrong tick saw the
 /// preferred replica inactive at every check and never handed back.
 const PREFERRED_LEADER_CHECK_TICKS: u64 = 53;
-/// A preferred-leader transfer that did not happen (the leader still leads
-/// in the same term at a later check) is retried after twice as many
-/// checks each time, up to this power of two (64 checks: about 5.6 minutes
-/// at 100 ms ticks). raft-rs takes no proposals while a transfer is under
-/// way, so a preferred replica that refuses leadership (a damaged one drops
-/// `MsgTimeoutNow`) would otherwise stop writes for an election timeout at
-/// every check.
-const PREFERRED_LEADER_BACKOFF_SHIFT_MAX: u32 = 6;
 /// Ticks between lazy persists of the commit index.
 const COMMIT_FLUSH_TICKS: u64 = 20;
 
@@ -860,7 +848,6 @@ impl Driver {
             quiescent: false,
             hw_at: None,
             damage_reported: false,
-            preferred_tries: None,
             step_down_tried: None,
         };
         self.groups.insert(spec.id, group);
@@ -1088,8 +1075,6 @@ impl Driver {
 
     /// Leaders hand leadership back to the preferred replica once it has
     /// caught up, so that leaders stay spread as placement intended.
-    /// A transfer that did not happen is retried with exponential backoff
-    /// (see [`PREFERRED_LEADER_BACKOFF_SHIFT_MAX`]).
     fn restore_preferred_leaders(&mut self) {
         for (id, g) in self.groups.iter_mut() {
             if g.failed.is_some() {
@@ -1104,13 +1089,7 @@ impl Driver {
                 .prs()
                 .get(g.preferred_leader)
                 .is_some_and(|p| p.matched == last && p.recent_active);
-            let term = raft.term;
-            if caught_up && preferred_transfer_due(g.preferred_tries, term, self.ticks) {
-                let tries = match g.preferred_tries {
-                    Some((t, n, _)) if t == term => n.saturating_add(1),
-                    _ => 1,
-                };
-                g.preferred_tries = Some((term, tries, self.ticks));
+            if caught_up {
                 g.node.transfer_leader(g.preferred_leader);
                 self.touched.insert(*id);
             }
@@ -1588,20 +1567,6 @@ fn status_of(g: &mut Group) -> GroupStatus {
         in_sync,
         quiescent: g.quiescent,
         damaged: g.log.damage().map(|d| d.to_string()),
-    }
-}
-
-/// Whether a leader in `term` at tick `now_ticks` may start a
-/// preferred-leader transfer, given the ones it started (`tries`, see
-/// `Group::preferred_tries`): at once in a new term; after `n` that did not
-/// happen in this term, `2^n` checks after the last.
-fn preferred_transfer_due(tries: Option<(u64, u32, u64)>, term: u64, now_ticks: u64) -> bool {
-    match tries {
-        Some((t, n, at)) if t == term => {
-            let shift = n.min(PREFERRED_LEADER_BACKOFF_SHIFT_MAX);
-            now_ticks >= at.saturating_add(PREFERRED_LEADER_CHECK_TICKS << shift)
-        }
-        _ => true,
     }
 }
 

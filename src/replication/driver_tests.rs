@@ -488,32 +488,6 @@ fn a_group_commit_waits_for_more_only_while_the_broker_is_busy() {
     );
 }
 
-/// A preferred-leader transfer that did not happen (a damaged preferred
-/// replica drops `MsgTimeoutNow`, and raft-rs takes no proposals until the
-/// transfer times out) is retried ever more rarely, not at every check; a
-/// new term (leadership moved) starts afresh.
-#[test]
-fn a_preferred_leader_transfer_that_did_not_happen_backs_off() {
-    let check = PREFERRED_LEADER_CHECK_TICKS;
-    assert!(preferred_transfer_due(None, 3, check));
-    // Tried once at tick 53 of term 3, still leading in term 3 at the
-    // next check: not yet, only two checks later.
-    let once = Some((3, 1, check));
-    assert!(!preferred_transfer_due(once, 3, 2 * check));
-    assert!(preferred_transfer_due(once, 3, 3 * check));
-    // After three: eight checks later.
-    let thrice = Some((3, 3, 10 * check));
-    assert!(!preferred_transfer_due(thrice, 3, 17 * check));
-    assert!(preferred_transfer_due(thrice, 3, 18 * check));
-    // The wait stops growing.
-    let many = Some((3, 1_000, check));
-    let cap = check << PREFERRED_LEADER_BACKOFF_SHIFT_MAX;
-    assert!(!preferred_transfer_due(many, 3, check + cap - 1));
-    assert!(preferred_transfer_due(many, 3, check + cap));
-    // Leadership moved and came back: a new term, tried at once.
-    assert!(preferred_transfer_due(thrice, 4, 11 * check));
-}
-
 /// A damaged leader whose handover did not happen tries the next caught-up
 /// voter, not the same (perhaps damaged too) one forever.
 #[test]

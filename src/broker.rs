@@ -582,6 +582,7 @@ pub async fn start(config: BrokerConfig, seams: Seams) -> Result<Running, Broker
                 logger.clone(),
             )
             .with_scrub(config.scrub_bytes_per_sec, config.scrub_interval_ms)
+            .with_min_free_bytes(config.storage_min_free_bytes)
             .run(),
         ),
     );

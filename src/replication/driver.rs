@@ -445,6 +445,9 @@ struct Group {
     hw_at: Option<(u64, i64)>,
     /// The log's damage was reported (logged) since it was last clean.
     damage_reported: bool,
+    /// The voter a damaged leader last tried to hand leadership to, and in
+    /// which term: the next try goes to the next candidate.
+    step_down_tried: Option<(u64, u64)>,
 }
 
 /// The driver task's state. Build with [`Driver::new`], run with
@@ -845,6 +848,7 @@ impl Driver {
             quiescent: false,
             hw_at: None,
             damage_reported: false,
+            step_down_tried: None,
         };
         self.groups.insert(spec.id, group);
         self.observe(spec.id);
@@ -934,7 +938,7 @@ impl Driver {
                 });
                 continue;
             }
-            if msg.get_msg_type() == MessageType::MsgTimeoutNow && g.log.damage().is_some() {
+            if msg.get_msg_type() == MessageType::MsgTimeoutNow && g.log.is_damaged() {
                 // A leader handing over (the preferred-leader rule, say)
                 // must not make a damaged replica leader: it would serve
                 // errors for the damaged range. The transfer times out.
@@ -991,6 +995,9 @@ impl Driver {
             if g.failed.is_some() {
                 continue;
             }
+            // Lock-free while the log is clean (`RaftLog::is_damaged`):
+            // a fetch's disk read holding one log's lock must not stall the
+            // ticks of every group.
             let damage = g.log.damage();
             if damage.is_none() && g.damage_reported {
                 g.damage_reported = false;
@@ -1070,6 +1077,9 @@ impl Driver {
     /// caught up, so that leaders stay spread as placement intended.
     fn restore_preferred_leaders(&mut self) {
         for (id, g) in self.groups.iter_mut() {
+            if g.failed.is_some() {
+                continue;
+            }
             let raft = &g.node.raft;
             if raft.state != StateRole::Leader || g.preferred_leader == self.config.node_id {
                 continue;
@@ -1560,9 +1570,18 @@ fn status_of(g: &mut Group) -> GroupStatus {
     }
 }
 
-/// Hands a damaged leader's leadership to the first (lowest id) voter that
-/// is caught up and active; with none, it keeps leading (a lone replica:
-/// reads of the damaged range fail with a retriable error meanwhile).
+/// The candidate after `last` in `sorted` (ids in increasing order),
+/// wrapping around; the first without `last`.
+fn next_candidate(sorted: &[u64], last: Option<u64>) -> Option<u64> {
+    let after = last.and_then(|l| sorted.iter().find(|id| **id > l));
+    after.or(sorted.first()).copied()
+}
+
+/// Hands a damaged leader's leadership to a voter that is caught up and
+/// active: the lowest id first, then, each time a transfer did not happen
+/// (that voter is damaged too, say, and dropped it), the next one in turn.
+/// With none, it keeps leading (a lone replica: reads of the damaged range
+/// fail with a retriable error meanwhile).
 fn step_down_damaged(g: &mut Group, self_id: u64) {
     let raft = &g.node.raft;
     if raft.lead_transferee.is_some() {
@@ -1579,7 +1598,15 @@ fn step_down_damaged(g: &mut Group, self_id: u64) {
         .map(|(id, _)| *id)
         .collect();
     healthy.sort_unstable();
-    if let Some(&to) = healthy.first() {
+    let term = raft.term;
+    // Still leading in the term of the last try, with no transfer under
+    // way: that one timed out.
+    let last_try = match g.step_down_tried {
+        Some((t, to)) if t == term => Some(to),
+        _ => None,
+    };
+    if let Some(to) = next_candidate(&healthy, last_try) {
+        g.step_down_tried = Some((term, to));
         g.node.transfer_leader(to);
     }
 }

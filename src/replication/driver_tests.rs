@@ -487,3 +487,17 @@ fn a_group_commit_waits_for_more_only_while_the_broker_is_busy() {
         None
     );
 }
+
+/// A damaged leader whose handover did not happen tries the next caught-up
+/// voter, not the same (perhaps damaged too) one forever.
+#[test]
+fn a_damaged_leader_hands_over_to_each_candidate_in_turn() {
+    assert_eq!(next_candidate(&[], None), None);
+    assert_eq!(next_candidate(&[], Some(2)), None);
+    assert_eq!(next_candidate(&[2, 3, 5], None), Some(2));
+    assert_eq!(next_candidate(&[2, 3, 5], Some(2)), Some(3));
+    assert_eq!(next_candidate(&[2, 3, 5], Some(3)), Some(5));
+    assert_eq!(next_candidate(&[2, 3, 5], Some(5)), Some(2));
+    // The last one tried no longer caught up.
+    assert_eq!(next_candidate(&[2, 5], Some(3)), Some(5));
+}

@@ -49,7 +49,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use protobuf::Message as _;
 use raft::eraftpb::{self, ConfState, Entry, EntryType, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The atomic file holding the replica's Raft configuration.
@@ -161,6 +163,38 @@ pub struct RaftLog {
     /// Held while the hard state file is written without `state`'s lock:
     /// one save at a time.
     saving: Arc<Mutex<()>>,
+    /// Whether the log knows of damage (`PartitionLog::damage`), refreshed
+    /// each time the lock is released: the driver asks every group each
+    /// tick, and must not wait behind a fetch's or the scrub's disk reads
+    /// for that.
+    damaged: Arc<AtomicBool>,
+}
+
+/// The state's lock; refreshes [`RaftLog::is_damaged`] when released (every
+/// change to the log, damage found, repaired or cut off, happens under it).
+struct Locked<'a> {
+    guard: MutexGuard<'a, State>,
+    damaged: &'a AtomicBool,
+}
+
+impl Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.damaged
+            .store(self.guard.log.damage().is_some(), Ordering::Release);
+    }
 }
 
 /// The configuration as of a Raft index.
@@ -291,9 +325,11 @@ impl RaftLog {
             committed_data: true,
         };
         state.hard_state.commit = state.clamped_commit();
+        let damaged = state.log.damage().is_some();
         Ok(RaftLog {
             state: Arc::new(Mutex::new(state)),
             saving: Arc::new(Mutex::new(())),
+            damaged: Arc::new(AtomicBool::new(damaged)),
         })
     }
 
@@ -302,12 +338,24 @@ impl RaftLog {
         Arc::ptr_eq(&self.state, &other.state)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock is a bug that may have left the
-        // state half-changed: propagate it rather than run on.
-        self.state
-            .lock()
-            .expect("RaftLog mutex poisoned by an earlier panic")
+    fn lock(&self) -> Locked<'_> {
+        // A panic while holding the lock (inside a storage callback of
+        // raft-rs, which the driver contains and answers by failing the
+        // group) may have left the state half-changed. Panicking here in
+        // turn would take down the driver, or the scrub task, with every
+        // other group: the log is poisoned instead, so it refuses every
+        // write from now on (fail-stop), while the status and damage
+        // queries go on.
+        let guard = self.state.lock().unwrap_or_else(|poisoned| {
+            let mut st = poisoned.into_inner();
+            st.poisoned
+                .get_or_insert_with(|| "a panic while the log was locked".to_string());
+            st
+        });
+        Locked {
+            guard,
+            damaged: &self.damaged,
+        }
     }
 
     /// Appends entries from a Ready, resolving conflicts as Raft does: if
@@ -452,7 +500,9 @@ impl RaftLog {
         let _one_at_a_time = self
             .saving
             .lock()
-            .expect("hard state save lock poisoned by an earlier panic");
+            // Guards no data: a panic while holding it leaves nothing
+            // half-changed (the state's own lock poisons the log).
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (hs, disk, dir) = {
             let st = self.lock();
             st.check_usable()?;
@@ -612,9 +662,19 @@ impl RaftLog {
     }
 
     /// The damaged batch this replica's log knows of, if any (see
-    /// [`crate::storage::repair`]).
+    /// [`crate::storage::repair`]). Takes the lock only if
+    /// [`RaftLog::is_damaged`].
     pub fn damage(&self) -> Option<crate::storage::repair::Damage> {
+        if !self.is_damaged() {
+            return None;
+        }
         self.lock().log.damage().cloned()
+    }
+
+    /// Whether the log knows of damage, without taking the lock: as of the
+    /// last time the lock was released.
+    pub fn is_damaged(&self) -> bool {
+        self.damaged.load(Ordering::Acquire)
     }
 
     /// The error behind the last read that raft-rs was told was temporarily
@@ -1372,5 +1432,79 @@ mod tests {
         let disk: DiskRef = Arc::new(crate::io::RealDisk);
         let fresh = tempfile::tempdir().unwrap();
         assert!(RaftLog::open(disk, fresh.path(), small_config(), 0, &[1, 1]).is_err());
+    }
+
+    /// A segment file of the log in `dir`.
+    fn a_segment(dir: &Path) -> PathBuf {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        names.sort();
+        names.remove(0)
+    }
+
+    /// The damage flag is read without the lock (the driver asks every
+    /// group each tick and must not wait behind a fetch's disk reads), and
+    /// follows the damage as it is found and cut off.
+    #[test]
+    fn damage_is_known_without_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = filled(dir.path(), 10);
+        assert!(!log.is_damaged());
+        assert!(log.damage().is_none());
+        let e = StorageError::Corrupt {
+            path: a_segment(dir.path()),
+            position: 0,
+            reason: "test".into(),
+        };
+        assert!(log.with_log_mut(|l| l.note_damage(&e)));
+        assert!(log.is_damaged());
+        assert!(log.damage().is_some());
+
+        // Someone holds the lock (a slow read): the flag still answers.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = log.clone();
+        let t = std::thread::spawn(move || {
+            holder.with_log(|_| {
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+        });
+        held_rx.recv().unwrap();
+        let (asked_tx, asked_rx) = std::sync::mpsc::channel();
+        let asker = log.clone();
+        std::thread::spawn(move || asked_tx.send(asker.is_damaged()).unwrap());
+        let answer = asked_rx.recv_timeout(std::time::Duration::from_secs(5));
+        release_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert_eq!(answer, Ok(true), "is_damaged waited for the lock");
+
+        // The damaged segment gone (a reset past it): clean again.
+        log.with_log_mut(|l| l.reset(500, 41, 3)).unwrap();
+        assert!(!log.is_damaged());
+        assert!(log.damage().is_none());
+    }
+
+    /// A panic while the log is locked (inside a raft-rs storage callback,
+    /// contained by the driver) poisons the mutex: later calls, the
+    /// driver's status and damage queries included, must not panic in
+    /// turn; writes are refused (fail-stop).
+    #[test]
+    fn a_panic_under_the_lock_poisons_the_log_without_panicking_later_callers() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = filled(dir.path(), 5);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            log.with_log(|_| panic!("injected: a panic under the log's lock"))
+        }));
+        assert!(panicked.is_err());
+        assert!(log.damage().is_none());
+        assert!(!log.is_damaged());
+        assert_eq!(log.hard_state().term, 0);
+        assert_eq!(log.last_index().unwrap(), 5);
+        let err = log.append(&[data_entry(6, 1)], 0).unwrap_err();
+        assert!(matches!(err, StorageError::Poisoned { .. }), "{err}");
     }
 }

@@ -216,7 +216,7 @@ async fn two_more(cluster: &Cluster, written: &mut Vec<(String, String)>) {
 /// damaged batch is noted at open, nothing is cut off, the segment is
 /// sealed and repaired from the leader; consumers read everything.
 async fn active_case(leader_side: bool) {
-    let (mut cluster, mut written) = setup(weir::broker::SCRUB_BYTES_PER_SEC_DEFAULT).await;
+    let (mut cluster, mut written) = setup(weir::broker::SCRUB_BYTES_PER_SEC_SUGGESTED).await;
     two_more(&cluster, &mut written).await;
     let leader = leaders(&cluster, TOPIC, 1).await[0];
     let victim = if leader_side {
@@ -296,12 +296,12 @@ async fn flipped_byte_in_a_sealed_segment_of_the_leader_found_by_a_fetch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_byte_in_a_sealed_segment_of_the_leader_found_by_the_scrub() {
-    leader_case(weir::broker::SCRUB_BYTES_PER_SEC_DEFAULT).await;
+    leader_case(weir::broker::SCRUB_BYTES_PER_SEC_SUGGESTED).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_byte_in_a_sealed_segment_of_a_running_follower_is_scrubbed_and_repaired() {
-    let (cluster, written) = setup(weir::broker::SCRUB_BYTES_PER_SEC_DEFAULT).await;
+    let (cluster, written) = setup(weir::broker::SCRUB_BYTES_PER_SEC_SUGGESTED).await;
     let leader = leaders(&cluster, TOPIC, 1).await[0];
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let (dir, group) = partition_dir(&cluster, follower);

@@ -458,6 +458,7 @@ fn broker_config(id: u64, n: u64, seed: u64, scrub_interval_ms: Option<u64>) -> 
     c.driver.group_commit_busy_bytes_per_sec = 1;
     if let Some(ms) = scrub_interval_ms {
         c.scrub_interval_ms = ms;
+        c.scrub_bytes_per_sec = weir::broker::SCRUB_BYTES_PER_SEC_SUGGESTED;
     }
     c
 }

@@ -497,7 +497,7 @@ mod tests {
     #[test]
     fn scrub_rate_parses_and_is_checked() {
         let r = build(&parse_config_file("").unwrap()).unwrap();
-        assert_eq!(r.broker.scrub_bytes_per_sec, 16 << 20);
+        assert_eq!(r.broker.scrub_bytes_per_sec, 0);
         let r = build(&parse_config_file("scrub_bytes_per_sec = 0\n").unwrap()).unwrap();
         assert_eq!(r.broker.scrub_bytes_per_sec, 0);
         let fast = parse_config_file("scrub_bytes_per_sec = 5000000000\n").unwrap();

@@ -56,9 +56,13 @@ pub async fn handle(s: &Services, req: ClientRequest) -> ClientResponse {
         body,
         Req::DescribeCluster(_) | Req::DescribeLogDirs(_) | Req::DescribeBrokerStats(_)
     );
-    if from_table && !served_by_local_replicas(s, &body) {
+    if from_table {
+        // Once ready (latched), this is the only check: the replica lookup
+        // below costs a map search per partition and runs only before.
         if let Err(why) = s.metadata.ready(&s.partitions.board) {
-            return failed(correlation_id, ErrorCode::BrokerNotReady, why);
+            if !served_by_local_replicas(s, &body) {
+                return failed(correlation_id, ErrorCode::BrokerNotReady, why);
+            }
         }
     }
     let body = match body {
